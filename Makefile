@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment it needs (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# No hub downloads at run time: the demo and the tests use models the project builds itself.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev,cluster]"
+	touch $@
+
+# The main job on the embedded default: the tiny offline model, CPU.
+demo: venv
+	$(OFFLINE) $(BIN)/asyndm model=tiny prompts=animal prompts.limit=4 \
+		sample.images_per_prompt=2 sample.batch_size=2 sample.steps=20 \
+		save.masks=true eval=[clip] logger=wandb run_dir=outputs/demo
+	$(OFFLINE) $(BIN)/asyndm-report outputs/demo
+
+test: venv
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+bench: venv
+	$(OFFLINE) $(BIN)/python scripts/benchmark.py --model tiny --device cpu
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,119 @@
+"""Capture item attention maps from the cross-attention layers a mask needs (METHOD.md §6).
+
+Only the ``attn2`` layers whose query grid matches the mask resolution get a capturing processor;
+every other layer keeps its own (SDPA) processor. The capturing processor leaves the layer's output
+to the original processor and only adds the cross-attention probabilities of the conditional half,
+averaged over heads and reduced to one map per item, so outputs are unchanged by capturing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def cross_attention_grids(unet) -> dict[str, int]:
+    """Name of each cross-attention processor → downsampling factor of its query grid.
+
+    Derived from the block structure (each down block but the last halves the grid, each up block
+    but the last doubles it), so it holds for any SD-shaped UNet config.
+    """
+    factors: dict[str, int] = {}
+    factor = 1
+
+    def record(prefix: str, block, f: int):
+        for name, _ in block.named_modules():
+            if name.endswith("attn2"):
+                factors[f"{prefix}.{name}.processor"] = f
+
+    for i, block in enumerate(unet.down_blocks):
+        record(f"down_blocks.{i}", block, factor)
+        if getattr(block, "downsamplers", None):
+            factor *= 2
+    record("mid_block", unet.mid_block, factor)
+    for i, block in enumerate(unet.up_blocks):
+        record(f"up_blocks.{i}", block, factor)
+        if getattr(block, "upsamplers", None):
+            factor //= 2
+    return factors
+
+
+def capture_layer_names(unet, latent_side: int, mask_resolution: int) -> list[str]:
+    """The cross-attention layers whose query grid side equals ``mask_resolution``."""
+    grids = cross_attention_grids(unet)
+    names = [name for name, f in grids.items() if latent_side // f == mask_resolution]
+    if not names:
+        available = sorted({latent_side // f for f in grids.values()})
+        raise ValueError(
+            f"mask.resolution={mask_resolution}: no cross-attention layer has a {mask_resolution}x"
+            f"{mask_resolution} query grid for a {latent_side}x{latent_side} latent; "
+            f"choose one of {available}"
+        )
+    return names
+
+
+class AttentionStore:
+    """Per UNet call, the item maps averaged over the captured layers: (B_cond, n_items, h*w)."""
+
+    def __init__(self, token_weights: torch.Tensor, cond_fraction_start: float):
+        # token_weights: (L, n_items), column i averages the tokens of item i.
+        self.token_weights = token_weights
+        self.cond_start = cond_fraction_start  # 0.5 with classifier-free guidance, else 0
+        self.enabled = False
+        self._sum: torch.Tensor | None = None
+        self._layers = 0
+
+    def reset(self) -> None:
+        self._sum, self._layers = None, 0
+
+    def add(self, probs: torch.Tensor) -> None:
+        """probs: (B_cond, heads, h*w, L) attention probabilities of one layer."""
+        weights = self.token_weights.to(probs.dtype)
+        item_maps = (probs.float().mean(dim=1) @ weights.float()).transpose(1, 2)  # (B, n_items, h*w)
+        self._sum = item_maps if self._sum is None else self._sum + item_maps
+        self._layers += 1
+
+    def item_maps(self) -> torch.Tensor:
+        if self._sum is None:
+            raise RuntimeError("no cross-attention was captured in the last UNet call")
+        return self._sum / self._layers
+
+
+class CapturingProcessor:
+    """Wraps a layer's processor: same output, plus the conditional half's probabilities to a store."""
+
+    def __init__(self, inner, store: AttentionStore):
+        self.inner = inner
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        if self.store.enabled:
+            start = int(hidden_states.shape[0] * self.store.cond_start)
+            query = attn.to_q(hidden_states[start:])
+            context = encoder_hidden_states[start:]
+            if attn.norm_cross:
+                context = attn.norm_encoder_hidden_states(context)
+            key = attn.to_k(context)
+            probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), None)
+            batch = query.shape[0]
+            self.store.add(probs.view(batch, attn.heads, *probs.shape[1:]))
+        return out
+
+
+@contextmanager
+def capture_cross_attention(unet, layer_names: list[str], store: AttentionStore):
+    """Install capturing processors on ``layer_names``; restore every original processor on exit."""
+    original = dict(unet.attn_processors)
+    missing = [name for name in layer_names if name not in original]
+    if missing:
+        raise KeyError(f"no attention processors named {missing}")
+    patched = {
+        name: CapturingProcessor(proc, store) if name in layer_names else proc for name, proc in original.items()
+    }
+    unet.set_attn_processor(patched)
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,53 @@
+"""Item masks from attention maps (METHOD.md §6): binarise, resolve overlaps by k, upsample.
+
+Pure tensor functions. A mask is an item index per latent pixel (-1 = background); the sampler
+turns it into a per-pixel k map (0 = background, which follows the linear curve).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BACKGROUND = -1
+
+
+def item_assignment(item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, n_items, g, g) attention maps → (B, g, g) item index per cell, -1 where no item.
+
+    Each map is binarised at ``threshold`` × its spatial mean (≥). Where masks overlap, the cell goes
+    to the item with the largest k (ties to the first item); the others drop it.
+    """
+    mean = item_maps.flatten(2).mean(dim=2)[..., None, None]
+    binary = (item_maps >= threshold * mean).to(item_k.dtype)
+    weighted = binary * item_k.view(1, -1, 1, 1)  # (B, n_items, g, g)
+    best_value, best_item = weighted.max(dim=1)  # max returns the first maximal index on ties
+    return torch.where(best_value > 0, best_item, torch.full_like(best_item, BACKGROUND))
+
+
+def upsample_assignment(assignment: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling of a (B, g, g) assignment to the latent grid (B, height, width)."""
+    grid_h, grid_w = assignment.shape[1:]
+    if height % grid_h or width % grid_w:
+        raise ValueError(f"mask grid {grid_h}x{grid_w} does not divide the latent grid {height}x{width}")
+    return assignment.repeat_interleave(height // grid_h, dim=1).repeat_interleave(width // grid_w, dim=2)
+
+
+def k_map_from_assignment(assignment: torch.Tensor, item_k: torch.Tensor) -> torch.Tensor:
+    """Per-pixel k: the assigned item's k, 0 for background."""
+    padded = torch.cat([item_k.new_zeros(1), item_k])  # index 0 ↔ background
+    return padded[assignment + 1]
+
+
+def masks_from_attention(
+    item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float, grid: tuple[int, int], latent: tuple[int, int]
+) -> torch.Tensor:
+    """(B, n_items, grid_h*grid_w) captured maps → (B, latent_h, latent_w) item assignment."""
+    batch, n_items, _ = item_maps.shape
+    cells = item_assignment(item_maps.view(batch, n_items, *grid), item_k, threshold)
+    return upsample_assignment(cells, *latent)
+
+
+def initial_assignment(batch: int, height: int, width: int, token_positions: list[list[int]], device) -> torch.Tensor:
+    """Dynamic masks before the first step: every pixel goes to the item with the largest token index."""
+    last_item = max(range(len(token_positions)), key=lambda i: max(token_positions[i]))
+    return torch.full((batch, height, width), last_item, dtype=torch.long, device=device)

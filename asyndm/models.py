@@ -1,0 +1,245 @@
+"""Loading Stable Diffusion 1.x/2.x pipelines the way users name them (local folder or hub id),
+and building the project's own offline ``tiny`` model through the very same loader.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TINY_VERSION = "tiny-sd-v1"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be had; the message says which path or id to provide instead."""
+
+
+@dataclass
+class ModelBundle:
+    """Everything the sampler needs from a pipeline, with sizes read from the model's own config."""
+
+    pipe: object  # StableDiffusionPipeline with a DDIMScheduler
+    device: torch.device
+    dtype: torch.dtype
+    latent_size: tuple[int, int]  # (h, w)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ASYNDM_CACHE", Path.home() / ".cache" / "asyndm")).expanduser()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ModelError(f"device={name}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    if precision not in DTYPES:
+        raise ModelError(f"precision={precision}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[precision]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def model_source(model_cfg) -> str:
+    """The folder or hub id to load, checked without loading anything (the tiny model is built here)."""
+    path = model_cfg.get("path")
+    if model_cfg.get("builder") == "tiny" and not path:
+        return str(build_tiny_pipeline())
+    if not path:
+        raise ModelError("model.path is empty: give a local diffusers folder or a hub id (model.path=<folder>)")
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise ModelError(f"model.path={path}: the folder has no model_index.json; point at a diffusers pipeline folder")
+        return str(local)
+    if str(path).startswith((".", "/", "~")) or not _HUB_ID.fullmatch(str(path)):
+        raise ModelError(f"model.path={path}: no such folder; give an existing diffusers folder or a hub id like org/name")
+    return str(path)
+
+
+def _from_pretrained(loader, source: str, **kwargs):
+    """Local folders load directly; hub ids come from the cache, or are downloaded unless offline."""
+    if Path(source).exists():
+        return loader(source, **kwargs)
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_err:
+        if _offline():
+            raise ModelError(
+                f"model.path={source}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
+                f"Download it where there is network (huggingface-cli download {source} --local-dir <dir>) "
+                f"and pass model.path=<dir>"
+            ) from cached_err
+    try:
+        return loader(source, **kwargs)
+    except Exception as err:  # noqa: BLE001 - any hub failure ends in the same advice
+        raise ModelError(
+            f"model.path={source}: could not load from the hub ({type(err).__name__}: {err}). "
+            f"Download it (huggingface-cli download {source} --local-dir <dir>) and pass model.path=<dir>"
+        ) from err
+
+
+def load_tokenizer(source: str):
+    """The pipeline's tokenizer alone: cheap, so prompts are checked before the weights load."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = _from_pretrained(CLIPTokenizer.from_pretrained, source, subfolder="tokenizer")
+    if len(tokenizer) < 1000:  # transformers 5 may return a 2-token stub offline instead of raising
+        raise ModelError(f"model.path={source}: the tokenizer loaded with only {len(tokenizer)} tokens; the files are missing")
+    return tokenizer
+
+
+def load_model(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    """Load an SD 1.x/2.x diffusers pipeline and switch it to DDIM (METHOD.md §4)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from .pixel_timesteps import check_supported
+
+    pipe = _from_pretrained(
+        StableDiffusionPipeline.from_pretrained,
+        source,
+        torch_dtype=dtype,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    check_supported(pipe.unet)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.unet.config.sample_size
+    latent = (size, size) if isinstance(size, int) else tuple(size)
+    return ModelBundle(pipe=pipe, device=device, dtype=dtype, latent_size=latent)
+
+
+# ----------------------------------------------------------------------------- the tiny model
+
+
+def _clip_bpe_files(folder: Path) -> None:
+    """vocab.json + merges.txt of the real CLIP tokenizer, from the BPE file open_clip ships."""
+    import open_clip.tokenizer as oct
+
+    bpe = Path(oct.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(oct.bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def _tiny_pipeline():
+    """A small SD-shaped pipeline with random weights: 64×64 latents, cross-attention at 32 and 16."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        use_linear_projection=True,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=128,
+    )
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        _clip_bpe_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)  # reads files in transformers 4 and 5
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_pipeline(root: Path | None = None) -> Path:
+    """Build (once) and save the tiny pipeline as a diffusers folder; returns its path."""
+    folder = (root or cache_dir() / "models") / TINY_VERSION
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+    try:
+        _tiny_pipeline().save_pretrained(staging)
+        try:
+            staging.rename(folder)  # atomic: a half-built folder never looks finished
+        except OSError:
+            if not (folder / "model_index.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

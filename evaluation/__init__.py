@@ -1,0 +1,1 @@
+"""Alignment evaluators, results tables, loggers and reports for asyndm run folders."""

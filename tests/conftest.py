@@ -1,0 +1,35 @@
+"""Shared fixtures: offline, one thread, and the project's own tiny SD-shaped model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once, when huggingface_hub is imported
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_path():
+    from asyndm.models import build_tiny_pipeline
+
+    return build_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_path):
+    from asyndm.models import load_model
+
+    return load_model(str(tiny_path), torch.device("cpu"), torch.float32)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
