@@ -15,13 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TINY_VERSION = "tiny-sd-v1"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be had; the message says which path or id to provide instead."""
 
 
 @dataclass

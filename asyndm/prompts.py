@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-
-class PromptError(ValueError):
-    """A prompt file or prompt override that cannot be used; the message says how to fix it."""
+from .errors import PromptError
 
 
 @dataclass(frozen=True)

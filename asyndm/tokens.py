@@ -7,7 +7,8 @@ whitespace-word index w is read as token w + 1, punctuation and all.
 
 from __future__ import annotations
 
-from .prompts import PromptError, PromptSpec
+from .errors import PromptError
+from .prompts import PromptSpec
 
 TOKEN_MODES = ("word", "legacy")
 
