@@ -1,0 +1,67 @@
+"""Reading and writing the files of a run folder: manifest, results, atomic CSV writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file"]
+RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # keep_default_na=False: an empty category stays "", and a prompt "None" stays a string.
+    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+
+
+def read_manifest(run_dir: Path) -> pd.DataFrame:
+    """The sampler's manifest.csv, checked for the columns evaluation needs."""
+    path = Path(run_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a sampling run folder "
+                                f"(run `asyndm ...` first, or pass the folder that holds manifest.csv)")
+    manifest = _read_csv(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; it has {list(manifest.columns)}")
+    manifest["category"] = manifest["category"].astype(str)
+    manifest["prompt"] = manifest["prompt"].astype(str)
+    return manifest
+
+
+def read_results(run_dir: Path) -> pd.DataFrame:
+    """results.csv of a run, or an empty table with its columns."""
+    path = Path(run_dir) / "results.csv"
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else object) for c in RESULT_COLUMNS})
+    results = _read_csv(path)
+    results["category"] = results["category"].astype(str)
+    results["prompt"] = results["prompt"].astype(str)
+    results["value"] = results["value"].astype(float)
+    return results
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and os.replace, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def atomic_write_json(obj, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))

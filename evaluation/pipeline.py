@@ -1,0 +1,54 @@
+"""What happens after sampling: score the run, summarise it, print it, log it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.io import atomic_write_csv
+from evaluation.scoring import score_run
+from evaluation.summary import format_summary, summarize
+
+
+def _hydra_names(run_dir: Path) -> tuple[str | None, str | None]:
+    """(name, group) for loggers from the Hydra job when one is running: group = sweep folder in a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None, None
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return run_dir.name, Path(hc.sweep.dir).name
+        return run_dir.name, None
+    except Exception:  # logging names are cosmetic; never fail a run over them
+        return None, None
+
+
+def run_after_sampling(run_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
+    """Score `run_dir` with every evaluator in `cfg.eval`, write results.csv and summary.csv, print
+    the summary, then log to `cfg.logger`. Returns the summary, or None when `cfg.eval` is empty.
+    """
+    run_dir = Path(run_dir)
+    eval_cfg = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True) if cfg.get("eval") else {}
+    summary = results = None
+    if eval_cfg:
+        results = score_run(run_dir, eval_cfg)
+        summary = summarize(results)
+        atomic_write_csv(summary, run_dir / "summary.csv")
+        print(f"\n{run_dir}: {len(results)} scores\n{format_summary(summary)}\n", flush=True)
+
+    logger = cfg.get("logger") or {}
+    kind = logger.get("name", "none") if logger else "none"
+    if kind == "wandb":
+        from evaluation.wandb_logger import log_run
+
+        name, group = _hydra_names(run_dir)
+        log_run(run_dir, cfg, summary=summary, results=results,
+                name=logger.get("run_name") or name, group=logger.get("group") or group)
+    elif kind not in ("none", None):
+        raise ValueError(f"unknown logger.name={kind!r}; use logger=none or logger=wandb")
+    return summary

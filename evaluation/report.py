@@ -1,0 +1,219 @@
+"""`asyndm-report <run or sweep folder>`: an HTML page with metric plots and image grids.
+
+report.html embeds its figures (so it can be mailed or attached as one file); the same figures
+are also written as PNGs to report/. A sweep folder is any folder whose subfolders hold runs
+(config.yaml + manifest.csv); its plots compare runs, labelled by their curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from evaluation.io import read_manifest  # noqa: E402
+from evaluation.summary import ALL, VARIANT_ORDER, format_summary  # noqa: E402
+
+GRID_COLUMNS = ("dm", "dm_concave", "asyndm", "mask")
+COLORS = {"dm": "#7f7f7f", "dm_concave": "#1f77b4", "asyndm": "#d62728"}
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """`folder` itself if it is a run, else every run below it (sorted)."""
+    folder = Path(folder)
+    if (folder / "manifest.csv").is_file():
+        return [folder]
+    return sorted(p.parent for p in folder.rglob("manifest.csv") if (p.parent / "config.yaml").is_file())
+
+
+def run_label(run_dir: Path, runs: list[Path]) -> str:
+    """The run's curve name; the folder name where several runs share a curve."""
+    try:
+        curve = str(OmegaConf.load(run_dir / "config.yaml").curve.name)
+    except Exception:
+        return run_dir.name
+    curves = []
+    for other in runs:
+        try:
+            curves.append(str(OmegaConf.load(other / "config.yaml").curve.name))
+        except Exception:
+            curves.append(other.name)
+    return curve if curves.count(curve) == 1 else f"{curve}:{run_dir.name}"
+
+
+def _variants(frame: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(frame["variant"]))
+    return [v for v in VARIANT_ORDER if v in present] + [v for v in present if v not in VARIANT_ORDER]
+
+
+def _error(frame: pd.DataFrame, mean: str, low: str, high: str) -> np.ndarray:
+    err = np.vstack([frame[mean] - frame[low], frame[high] - frame[mean]]).astype(float)
+    return np.nan_to_num(err)  # no interval (n = 1): no error bar
+
+
+def plot_metrics(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Bars of each metric's mean per variant with 95% CIs; grouped by run when there are several."""
+    metrics = sorted({m for s in summaries.values() for m in s["metric"]})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.6 * len(summaries) + 2.5) * len(metrics), 3.6),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        labels = list(summaries)
+        variants = _variants(pd.concat([s[s.metric == metric] for s in summaries.values()]))
+        width = 0.8 / len(variants)
+        for j, variant in enumerate(variants):
+            rows = [s[(s.metric == metric) & (s.category == ALL) & (s.variant == variant)] for s in summaries.values()]
+            frame = pd.concat([r if len(r) else pd.DataFrame({"mean": [np.nan], "ci95_low": [np.nan],
+                                                               "ci95_high": [np.nan]}) for r in rows])
+            x = np.arange(len(labels)) + (j - (len(variants) - 1) / 2) * width
+            ax.bar(x, frame["mean"], width, yerr=_error(frame, "mean", "ci95_low", "ci95_high"), capsize=3,
+                   label=variant, color=COLORS.get(variant))
+        shown = pd.concat([s[(s.metric == metric) & (s.category == ALL)] for s in summaries.values()])
+        lo = np.nanmin(shown["ci95_low"].fillna(shown["mean"]).to_numpy(dtype=float))
+        hi = np.nanmax(shown["ci95_high"].fillna(shown["mean"]).to_numpy(dtype=float))
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            pad = 0.15 * (hi - lo)
+            ax.set_ylim(lo - pad, hi + pad)  # zoom in: differences are a few percent of the scale
+        ax.set_xticks(np.arange(len(labels)), labels if len(labels) > 1 else [""], rotation=20 if len(labels) > 3 else 0)
+        ax.set_title(metric)
+        ax.set_ylabel("mean (95% CI)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Paired difference from dm (same prompt and seed) per variant and run, with 95% CIs."""
+    metrics = sorted({m for s in summaries.values() for m in s["metric"]})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 1.2 + 0.45 * max(
+        2, sum(len(_variants(s)) - 1 for s in summaries.values()))), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        names, means, errs, colors = [], [], [], []
+        for label, s in summaries.items():
+            rows = s[(s.metric == metric) & (s.category == ALL) & (s.variant != "dm")]
+            for row in rows.itertuples(index=False):
+                names.append(f"{label}: {row.variant}" if len(summaries) > 1 else row.variant)
+                means.append(row.diff_vs_dm_mean)
+                errs.append([row.diff_vs_dm_mean - row.diff_vs_dm_ci95_low, row.diff_vs_dm_ci95_high - row.diff_vs_dm_mean])
+                colors.append(COLORS.get(row.variant, "k"))
+        y = np.arange(len(names))[::-1]
+        ax.axvline(0.0, color="k", lw=0.8)
+        if names:
+            xerr = np.nan_to_num(np.array(errs, dtype=float))  # (n, 2): below, above
+            for yi, mean, err, color in zip(y, means, xerr, colors):
+                ax.errorbar([mean], [yi], xerr=err.reshape(2, 1), fmt="o", color=color, capsize=3)
+        ax.set_yticks(y, names)
+        ax.set_title(f"{metric}: paired difference vs dm")
+        ax.set_xlabel("variant - dm, same prompt and seed (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame | None = None) -> Path:
+    """Image grid dm | dm_concave | asyndm | mask for the first `pairs` (prompt, seed) pairs."""
+    manifest = read_manifest(run_dir)
+    groups = list(manifest.groupby(["prompt_idx", "seed"], sort=True))[:pairs]
+    fig, axes = plt.subplots(len(groups), len(GRID_COLUMNS), figsize=(2.3 * len(GRID_COLUMNS), 2.5 * len(groups)),
+                             squeeze=False)
+    for r, ((prompt_idx, seed), group) in enumerate(groups):
+        files = dict(zip(group["variant"], group["file"]))
+        for c, column in enumerate(GRID_COLUMNS):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == "mask":
+                idx = group.loc[group["variant"] == "asyndm", "image_idx"]
+                file = run_dir / "masks" / f"{int(idx.iloc[0]):05}_asyndm.png" if len(idx) else None
+            else:
+                file = run_dir / files[column] if column in files else None
+            if file is not None and file.is_file():
+                with Image.open(file) as im:
+                    ax.imshow(np.asarray(im.convert("RGB")))
+            else:
+                ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            title = column if r == 0 else ""
+            if results is not None and column in files and len(results):
+                score = results[(results.prompt_idx == prompt_idx) & (results.seed == seed) & (results.variant == column)]
+                if len(score):
+                    title = (title + "\n" if title else "") + f"{score.iloc[0].metric.split('/')[0]} {score.iloc[0].value:.3f}"
+            ax.set_title(title, fontsize=8)
+        prompt = group.iloc[0]["prompt"]
+        axes[r][0].set_ylabel(f"{prompt[:40]}\nseed {seed}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" style="max-width:100%">'
+
+
+def build_report(folder: Path, pairs: int = 4) -> Path:
+    """Write `folder/report.html` and `folder/report/*.png`; returns the html path."""
+    folder = Path(folder)
+    runs = find_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"no run folder (config.yaml + manifest.csv) in or below {folder}; "
+                                f"pass a folder written by `asyndm`")
+    out = folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    labels = {run: run_label(run, runs) for run in runs}
+    summaries = {labels[r]: pd.read_csv(r / "summary.csv", keep_default_na=False,
+                                        na_values={c: ["", "nan", "NaN"] for c in (
+                                            "mean", "std", "ci95_low", "ci95_high", "n_pairs", "diff_vs_dm_mean",
+                                            "diff_vs_dm_ci95_low", "diff_vs_dm_ci95_high")})
+                 for r in runs if (r / "summary.csv").is_file()}
+    parts = [f"<h1>asyndm report: {html.escape(str(folder))}</h1>"]
+    if summaries:
+        parts.append("<h2>Metrics</h2>" + _img(plot_metrics(summaries, out / "metrics.png")))
+        parts.append("<h2>Paired improvement over dm</h2>" + _img(plot_paired(summaries, out / "paired_vs_dm.png")))
+    else:
+        parts.append("<p><b>No metrics were computed</b> (no summary.csv): run "
+                     "<code>asyndm-eval &lt;run_dir&gt; eval=[clip]</code> to score the images.</p>")
+    for i, run in enumerate(runs):
+        label = labels[run]
+        parts.append(f"<h2>Run {html.escape(label)}</h2><p><code>{html.escape(str(run))}</code></p>")
+        if label in summaries:
+            parts.append(f"<pre>{html.escape(format_summary(summaries[label], categories=True))}</pre>")
+        elif len(runs) > 1:
+            parts.append("<p>No metrics were computed for this run.</p>")
+        results = pd.read_csv(run / "results.csv", keep_default_na=False) if (run / "results.csv").is_file() else None
+        grid = plot_grid(run, out / (f"grid_{i:02}.png" if len(runs) > 1 else "grid.png"), pairs=pairs, results=results)
+        parts.append(_img(grid))
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>asyndm report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{font-size:12px}</style>"
+            "</head><body>" + "\n".join(parts) + "</body></html>")
+    path = folder / "report.html"
+    from evaluation.io import atomic_write_text
+
+    atomic_write_text(path, page)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="asyndm-report", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a run folder, or a sweep folder holding run folders")
+    parser.add_argument("--pairs", type=int, default=4, help="(prompt, seed) rows in each image grid")
+    args = parser.parse_args(argv)
+    print(build_report(args.folder, pairs=args.pairs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
