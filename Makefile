@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(OFFLINE) $(BIN)/asyndm model=tiny prompts=animal prompts.limit=4 \
 		sample.images_per_prompt=2 sample.batch_size=2 sample.steps=20 \
-		save.masks=true eval=[clip] logger=wandb run_dir=outputs/demo
+		save.masks=true eval=[clip_tiny] logger=wandb run_dir=outputs/demo
 	$(OFFLINE) $(BIN)/asyndm-report outputs/demo
 
 test: venv

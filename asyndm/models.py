@@ -45,7 +45,9 @@ class ModelBundle:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        """Pixels per latent pixel; 1 for pixel-space pipelines saved without a VAE."""
+        vae = getattr(self.pipe, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
 
 
 def cache_dir() -> Path:
@@ -123,9 +125,7 @@ def load_tokenizer(source: str):
 
 def load_model(source: str, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     """Load an SD 1.x/2.x diffusers pipeline and switch it to DDIM (METHOD.md §4)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from .pixel_timesteps import check_supported
+    from diffusers import StableDiffusionPipeline
 
     pipe = _from_pretrained(
         StableDiffusionPipeline.from_pretrained,
@@ -134,9 +134,18 @@ def load_model(source: str, device: torch.device, dtype: torch.dtype) -> ModelBu
         safety_checker=None,
         requires_safety_checker=False,
     )
+    return bundle_from_pipeline(pipe, device, dtype)
+
+
+def bundle_from_pipeline(pipe, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    """Wrap a pipeline already in memory: DDIM scheduler, device, dtype, sizes from its config."""
+    from diffusers import DDIMScheduler
+
+    from .pixel_timesteps import check_supported
+
     check_supported(pipe.unet)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.to(device)
+    pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size
     latent = (size, size) if isinstance(size, int) else tuple(size)
@@ -161,8 +170,8 @@ def _clip_bpe_files(folder: Path) -> None:
 
 def _tiny_pipeline():
     """A small SD-shaped pipeline with random weights: 64×64 latents, cross-attention at 32 and 16."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -200,9 +209,23 @@ def _tiny_pipeline():
             pad_token_id=49407,
         )
     )
+    return _assemble(unet, vae, text_encoder, _clip_tokenizer("<|endoftext|>"))
+
+
+def _clip_tokenizer(pad_token: str):
+    """The real CLIP tokenizer, offline (SD1 pads with <|endoftext|>, SD2 with '!')."""
+    from transformers import CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
         _clip_bpe_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)  # reads files in transformers 4 and 5
+        # from_pretrained reads the files in transformers 4 and 5 alike
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77, pad_token=pad_token)
+
+
+def _assemble(unet, vae, text_encoder, tokenizer):
+    """A StableDiffusionPipeline with SD's own DDPM schedule (as the SD 1.x/2.x configs)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -222,6 +245,48 @@ def _tiny_pipeline():
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def sd21_shaped_pipeline():
+    """The exact SD2.1-base architecture (865 M UNet, OpenCLIP-H text encoder) with random weights.
+
+    For benchmarks: same shapes and kernels as the real model, built offline in memory.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=512,
+        )
+    )
+    return _assemble(unet, vae, text_encoder, _clip_tokenizer("!"))
 
 
 def build_tiny_pipeline(root: Path | None = None) -> Path:

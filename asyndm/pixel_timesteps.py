@@ -40,13 +40,28 @@ def check_supported(unet) -> None:
             )
 
 
-class PixelTimestepUNet:
-    """Calls ``unet`` with a (B, h, w) integer timestep map instead of a scalar timestep."""
+def block_projections(unet, timesteps: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Per ResNet block, ``time_emb_proj`` of the embedding of each timestep: (len(timesteps), C)."""
+    emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype))  # as get_time_embed + time_embedding
+    if unet.time_embed_act is not None:
+        emb = unet.time_embed_act(emb)
+    return [
+        block.time_emb_proj(emb if block.skip_time_act else block.nonlinearity(emb)) for block in _resnets(unet)
+    ]
 
-    def __init__(self, unet, num_train_timesteps: int):
+
+class PixelTimestepUNet:
+    """Calls ``unet`` with a (B, h, w) integer timestep map instead of a scalar timestep.
+
+    ``tabulate=False`` embeds every pixel's timestep on each call (the straightforward form of §5);
+    it exists so tests can check the tabulated fast path against it.
+    """
+
+    def __init__(self, unet, num_train_timesteps: int, tabulate: bool = True):
         check_supported(unet)
         self.unet = unet
         self.num_train_timesteps = num_train_timesteps
+        self.tabulate = tabulate
         self._tables: dict[tuple, list[torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -54,26 +69,42 @@ class PixelTimestepUNet:
         """Per ResNet block, the projected embedding of every timestep: (num_train_timesteps, C)."""
         key = (dtype, device)
         if key not in self._tables:
-            unet = self.unet
             t = torch.arange(self.num_train_timesteps, device=device)
-            emb = unet.time_embedding(unet.time_proj(t).to(dtype))  # as get_time_embed + time_embedding
-            if unet.time_embed_act is not None:
-                emb = unet.time_embed_act(emb)
-            tables = []
-            for block in _resnets(unet):
-                block_emb = emb if block.skip_time_act else block.nonlinearity(emb)
-                tables.append(block.time_emb_proj(block_emb))
-            self._tables = {key: tables}  # keep one dtype/device at a time
+            self._tables = {key: block_projections(self.unet, t, dtype)}  # one dtype/device at a time
         return self._tables[key]
+
+    def _pixel_terms(self, timestep_map: torch.Tensor) -> list:
+        """Per block, a function (h_b, w_b) → the (B, C, h_b, w_b) term to add after conv1."""
+        batch, height, width = timestep_map.shape
+        if self.tabulate:
+            tables = self._projection_tables(self.unet.dtype, timestep_map.device)
+
+            def gathered(table):
+                def term(block_h, block_w):
+                    cells = _subsample(timestep_map, block_h, block_w)  # (B, h_b, w_b)
+                    return F.embedding(cells, table).permute(0, 3, 1, 2)
+
+                return term
+
+            return [gathered(table) for table in tables]
+        per_pixel = block_projections(self.unet, timestep_map.flatten(), self.unet.dtype)
+
+        def direct(projection):
+            def term(block_h, block_w):
+                full = projection.view(batch, height, width, -1).permute(0, 3, 1, 2)  # (B, C, h, w)
+                return full[:, :, :: height // block_h, :: width // block_w]
+
+            return term
+
+        return [direct(projection) for projection in per_pixel]
 
     @contextmanager
     def active(self, timestep_map: torch.Tensor):
         """Within the block, UNet calls use ``timestep_map`` (B, h, w) per pixel; restored on exit."""
-        tables = self._projection_tables(self.unet.dtype, timestep_map.device)
         handles = []
-        for block, table in zip(_resnets(self.unet), tables):
+        for block, term in zip(_resnets(self.unet), self._pixel_terms(timestep_map)):
             handles.append(block.time_emb_proj.register_forward_hook(_zero_output))
-            handles.append(block.conv1.register_forward_hook(_add_pixel_embedding(timestep_map, table)))
+            handles.append(block.conv1.register_forward_hook(_add_term(term)))
         try:
             yield
         finally:
@@ -95,15 +126,16 @@ def _zero_output(module, inputs, output):
     return torch.zeros_like(output)
 
 
-def _add_pixel_embedding(timestep_map: torch.Tensor, table: torch.Tensor):
+def _subsample(timestep_map: torch.Tensor, block_h: int, block_w: int) -> torch.Tensor:
+    """The top-left pixel of each cell of a block's grid (strided indexing, §5)."""
     latent_h, latent_w = timestep_map.shape[1:]
+    if latent_h % block_h or latent_w % block_w:
+        raise ValueError(f"block grid {block_h}x{block_w} does not divide the latent {latent_h}x{latent_w}")
+    return timestep_map[:, :: latent_h // block_h, :: latent_w // block_w]
 
+
+def _add_term(term):
     def hook(module, inputs, output):
-        block_h, block_w = output.shape[2:]
-        if latent_h % block_h or latent_w % block_w:
-            raise ValueError(f"block grid {block_h}x{block_w} does not divide the latent {latent_h}x{latent_w}")
-        cells = timestep_map[:, :: latent_h // block_h, :: latent_w // block_w]  # (B, h_b, w_b)
-        pixel_emb = F.embedding(cells, table).permute(0, 3, 1, 2)  # (B, C, h_b, w_b)
-        return output + pixel_emb.to(output.dtype)
+        return output + term(*output.shape[2:]).to(output.dtype)
 
     return hook

@@ -227,8 +227,11 @@ class AsyncSampler:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor):
-        """Latents → PIL images, as the diffusers pipeline decodes them."""
+        """Latents → PIL images, as the diffusers pipeline decodes them (pixel-space models: as they are)."""
         pipe = self.bundle.pipe
-        images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        if getattr(pipe, "vae", None) is None:
+            images = latents
+        else:
+            images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
 

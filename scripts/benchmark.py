@@ -1,0 +1,175 @@
+"""Seconds per image and peak memory: plain diffusers vs asyndm's dm, dm_concave and asyndm.
+
+Everything runs side by side in one process on one model, the measurements interleaved (one of
+each per round) so that drift on a shared machine hits all four alike. Reported: the median over
+the timed rounds after warm-up. The last line is one JSON object for scripts.
+
+    python scripts/benchmark.py --model tiny --device cpu
+    python scripts/benchmark.py --model sd21-shaped --device cuda --precision fp16 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from asyndm.models import (  # noqa: E402
+    build_tiny_pipeline,
+    bundle_from_pipeline,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    sd21_shaped_pipeline,
+)
+from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
+from asyndm.tokens import item_token_positions  # noqa: E402
+from asyndm.prompts import PromptSpec  # noqa: E402
+
+PROMPT = PromptSpec(0, "a cat eating a sandwich", ["cat", "sandwich"], [0.7, 0.7])
+METHODS = ("vanilla", "dm", "dm_concave", "asyndm")
+
+
+class PeakMemory:
+    """Peak memory of one measurement: the CUDA allocator's peak, or sampled RSS on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._stop = threading.Event()
+            self.peak = _rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_bundle(model: str, device, dtype):
+    if model == "tiny":
+        return load_model(str(build_tiny_pipeline()), device, dtype)
+    if model == "sd21-shaped":
+        return bundle_from_pipeline(sd21_shaped_pipeline(), device, dtype)
+    return load_model(model, device, dtype)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny | sd21-shaped | a diffusers folder or hub id")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
+    bundle = build_bundle(args.model, device, dtype)
+    if args.resolution:
+        side = args.resolution // bundle.vae_scale_factor
+        bundle.latent_size = (side, side)
+    settings = SamplingSettings(steps=args.steps, eta=1.0, guidance_scale=5.0)
+    sampler = AsyncSampler(bundle, settings)
+    tokens = item_token_positions(bundle.tokenizer, PROMPT)
+    seeds = list(range(1234, 1234 + args.batch_size))
+    height, width = (s * bundle.vae_scale_factor for s in bundle.latent_size)
+
+    def vanilla():
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        return bundle.pipe(
+            PROMPT.prompt, height=height, width=width, num_images_per_prompt=len(seeds), generator=generators,
+            eta=settings.eta, guidance_scale=settings.guidance_scale, num_inference_steps=settings.steps,
+        ).images
+
+    def ours(variant):
+        def run():
+            embeddings = sampler.encode(PROMPT.prompt, len(seeds))
+            result = sampler.sample_variant(variant, embeddings, seeds, tokens, PROMPT.k)
+            return sampler.decode(result.latents)
+
+        return run
+
+    runs = {"vanilla": vanilla, **{v: ours(v) for v in METHODS[1:]}}
+    times = {m: [] for m in METHODS}
+    peaks = {m: 0 for m in METHODS}
+    for round_ in range(args.repeats + 1):
+        for method in METHODS:
+            with torch.no_grad(), PeakMemory(device) as memory:
+                start = time.perf_counter()
+                runs[method]()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+            if round_ > 0:  # round 0 warms up
+                times[method].append(elapsed / len(seeds))
+                peaks[method] = max(peaks[method], memory.peak)
+
+    median = {m: statistics.median(times[m]) for m in METHODS}
+    print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
+          f"steps={args.steps} batch={args.batch_size} image={height}x{width} threads={args.threads} "
+          f"torch={torch.__version__}")
+    print(f"{'method':<12}{'s/image':>10}{'vs vanilla':>12}{'peak MiB':>11}{'peak vs vanilla':>17}")
+    for m in METHODS:
+        print(f"{m:<12}{median[m]:>10.4f}{median[m] / median['vanilla']:>12.3f}"
+              f"{peaks[m] / 2**20:>11.1f}{peaks[m] / peaks['vanilla']:>17.3f}")
+    summary = {
+        "model": args.model,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "precision": args.precision,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "resolution": height,
+        **{f"{m}_s_per_image": round(median[m], 5) for m in METHODS},
+        "asyndm_over_vanilla": round(median["asyndm"] / median["vanilla"], 4),
+        "asyndm_over_dm": round(median["asyndm"] / median["dm"], 4),
+        "dm_over_vanilla": round(median["dm"] / median["vanilla"], 4),
+        **{f"{m}_peak_mib": round(peaks[m] / 2**20, 1) for m in METHODS},
+        "asyndm_peak_mem_over_vanilla": round(peaks["asyndm"] / peaks["vanilla"], 4),
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def _device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()
