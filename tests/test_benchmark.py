@@ -1,0 +1,24 @@
+"""The benchmark runs end to end on the CPU and reports what the performance issue asks for.
+
+No timing is asserted here: speed targets live in the benchmark's output, not in unit tests.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+
+
+def test_benchmark_prints_a_table_and_a_json_last_line(capsys):
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "1", "--repeats", "1"])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line) == summary
+    for key in ("vanilla_s_per_image", "dm_s_per_image", "asyndm_s_per_image", "asyndm_over_vanilla",
+                "asyndm_over_dm", "asyndm_peak_mem_over_vanilla"):
+        assert summary[key] > 0, key
+    ratio = summary["asyndm_s_per_image"] / summary["vanilla_s_per_image"]
+    assert abs(summary["asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
