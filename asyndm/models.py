@@ -88,7 +88,22 @@ def model_source(model_cfg) -> str:
         return str(local)
     if str(path).startswith((".", "/", "~")) or not _HUB_ID.fullmatch(str(path)):
         raise ModelError(f"model.path={path}: no such folder; give an existing diffusers folder or a hub id like org/name")
+    if _offline() and not _in_hub_cache(str(path)):
+        raise ModelError(_download_advice(str(path), "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"))
     return str(path)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def _download_advice(source: str, problem: str) -> str:
+    return (
+        f"model.path={source}: {problem}. Download it where there is network "
+        f"(huggingface-cli download {source} --local-dir <dir>) and pass model.path=<dir>"
+    )
 
 
 def _from_pretrained(loader, source: str, **kwargs):
@@ -99,18 +114,11 @@ def _from_pretrained(loader, source: str, **kwargs):
         return loader(source, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_err:
         if _offline():
-            raise ModelError(
-                f"model.path={source}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
-                f"Download it where there is network (huggingface-cli download {source} --local-dir <dir>) "
-                f"and pass model.path=<dir>"
-            ) from cached_err
+            raise ModelError(_download_advice(source, "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")) from cached_err
     try:
         return loader(source, **kwargs)
     except Exception as err:  # noqa: BLE001 - any hub failure ends in the same advice
-        raise ModelError(
-            f"model.path={source}: could not load from the hub ({type(err).__name__}: {err}). "
-            f"Download it (huggingface-cli download {source} --local-dir <dir>) and pass model.path=<dir>"
-        ) from err
+        raise ModelError(_download_advice(source, f"could not be loaded from the hub ({type(err).__name__}: {err})")) from err
 
 
 def load_tokenizer(source: str):
