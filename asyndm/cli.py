@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -17,8 +18,38 @@ register_resolvers()
 log = logging.getLogger("asyndm")
 
 
+# Hydra reports an unknown option of a config group (curve=foo) in many lines with status 1; these
+# project groups get the one-line error and status 2 that every other bad input gets.
+PROJECT_GROUPS = ("model", "curve", "mask", "prompts", "logger")
+_CHOICES = re.compile(r"[\w.-]+(,[\w.-]+)*")  # one option, or a sweep list: curve=bin,lin
+
+
+def unknown_group_choice(argv: list[str]) -> str | None:
+    """The error for the first override that picks a missing option of a project config group."""
+    if any(arg.startswith(("-cd", "--config-dir", "-cp", "--config-path", "hydra.searchpath")) for arg in argv):
+        return None  # other config folders may add options
+    for arg in argv:
+        group, sep, value = arg.lstrip("+").partition("=")
+        if not sep or group not in PROJECT_GROUPS or not _CHOICES.fullmatch(value):
+            continue
+        options = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":  # group=null deselects the group
+                return f"unknown {group} '{choice}': choose {', '.join(f'{group}={o}' for o in options)}"
+    return None
+
+
+def main() -> None:
+    """Console script: check group choices in one line, then hand over to Hydra."""
+    problem = unknown_group_choice(sys.argv[1:])
+    if problem:
+        print(f"asyndm: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     from .run import run  # heavy imports (torch, diffusers) only once the config is composed
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -127,7 +127,7 @@ def load_tokenizer(source: str):
 
     tokenizer = _from_pretrained(CLIPTokenizer.from_pretrained, source, subfolder="tokenizer")
     if len(tokenizer) < 1000:  # transformers 5 may return a 2-token stub offline instead of raising
-        raise ModelError(f"model.path={source}: the tokenizer loaded with only {len(tokenizer)} tokens; the files are missing")
+        raise ModelError(_download_advice(source, f"the tokenizer loaded with only {len(tokenizer)} tokens; its files are missing"))
     return tokenizer
 
 
