@@ -25,6 +25,8 @@ from .models import load_model, load_tokenizer, model_source, resolve_device, re
 from .outputs import MANIFEST_COLUMNS, mask_overlay, save_array, save_image, write_table
 from .prompts import PromptSpec, load_prompts
 from .sampler import VARIANTS, AsyncSampler, SamplingSettings
+from .shard import manifest_name, shard_batches
+from .sweep import sweep_job
 from .tokens import item_token_positions
 
 log = logging.getLogger(__name__)
@@ -114,15 +116,15 @@ def check_resumable(run_dir: Path, cfg_hash: str) -> None:
 
 
 def load_run_prompts(cfg: DictConfig) -> list[PromptSpec]:
-    specs = load_prompts(
+    """Every prompt of the run: a shard takes batches of the global plan, not prompts (asyndm/shard.py)."""
+    return load_prompts(
         cfg.prompts.get("file"),
         cfg.prompts.get("items_file"),
         cfg.prompts.get("limit"),
         prompt=cfg.get("prompt"),
-        items=OmegaConf.to_container(cfg.items) if cfg.get("items") is not None else None,
+        items=OmegaConf.to_container(cfg["items"]) if cfg.get("items") is not None else None,  # cfg.items is dict.items
         k=OmegaConf.to_container(cfg.k) if OmegaConf.is_config(cfg.get("k")) else cfg.get("k"),
     )
-    return specs[cfg.shard.index :: cfg.shard.count]
 
 
 def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
@@ -140,6 +142,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     variants = [v for v in VARIANTS if v in cfg.variants]
     s = cfg.sample
     batches = plan_batches(specs, s.images_per_prompt, s.batch_size, cfg.seed)
+    batches = shard_batches(batches, cfg.shard.index, cfg.shard.count)  # global image_idx and seeds
+    manifest_path = run_dir / manifest_name(cfg.shard.index, cfg.shard.count)
     device = resolve_device(cfg.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.update(config_hash=cfg_hash, resolved_device=str(device), model_source=source)
@@ -165,9 +169,9 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
         sampler = AsyncSampler(bundle, settings)
         for batch in tqdm(todo, desc="batches", disable=not cfg.progress):
             sample_batch(sampler, batch, missing_variants(run_dir, batch, variants, cfg.save), positions, cfg, run_dir)
-            write_table(run_dir / "manifest.csv", manifest_rows(run_dir, batches, variants, cfg_hash))
+            write_table(manifest_path, manifest_rows(run_dir, batches, variants, cfg_hash))
     manifest = manifest_rows(run_dir, batches, variants, cfg_hash)
-    write_table(run_dir / "manifest.csv", manifest)
+    write_table(manifest_path, manifest)
     return manifest
 
 
@@ -192,6 +196,8 @@ def sample_batch(sampler: AsyncSampler, batch: list[ImageJob], variants: list[st
         result = results[variant]
         images = sampler.decode(result.latents)
         for position, (job, image) in enumerate(zip(batch, images)):
+            if not missing_variants(run_dir, [job], [variant], cfg.save):
+                continue  # finished before this run (resume): its files stay untouched
             if cfg.save.latents:
                 save_array(run_dir / latent_file(job.image_idx, variant), result.latents[position].float().cpu().numpy())
             if cfg.save.masks and variant == "asyndm":
@@ -200,13 +206,22 @@ def sample_batch(sampler: AsyncSampler, batch: list[ImageJob], variants: list[st
             save_image(run_dir / image_file(job.image_idx, variant), image)  # last: the image marks it done
 
 
-def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
-    """Sampling, then evaluation and logging when the config asks for them."""
-    manifest = sample_run(cfg, run_dir)
-    if cfg.get("eval") or cfg.logger.name != "none":
-        from evaluation.pipeline import run_after_sampling
+def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame | None:
+    """Sampling, then evaluation and logging when the config asks for them.
 
-        run_after_sampling(run_dir, cfg)
+    The run's status goes to status.json; in a multirun a failure is recorded there and returns
+    None so that the other jobs and the sweep summary go on (asyndm/sweep.py).
+    """
+    manifest = None
+    with sweep_job(run_dir, cfg):
+        manifest = sample_run(cfg, run_dir)
+        if cfg.shard.count > 1:
+            log.info("shard %d of %d done; scoring waits for the merge: python -m asyndm.shard OUT SHARD_DIR...",
+                     cfg.shard.index, cfg.shard.count)
+        elif cfg.get("eval") or cfg.logger.name != "none":
+            from evaluation.pipeline import run_after_sampling
+
+            run_after_sampling(run_dir, cfg)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return manifest

@@ -211,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a run folder, or a sweep folder holding run folders")
     parser.add_argument("--pairs", type=int, default=4, help="(prompt, seed) rows in each image grid")
     args = parser.parse_args(argv)
+    from asyndm.sweep import SUMMARY_FILE, is_sweep_folder, write_sweep_summary  # light: no torch
+
+    if is_sweep_folder(args.folder):  # one row per job × variant × metric; failed jobs included
+        write_sweep_summary(args.folder)
+        print(args.folder / SUMMARY_FILE)
+        if not find_runs(args.folder):
+            return 0  # no job got as far as sampling: the summary lists them as failed
     print(build_report(args.folder, pairs=args.pairs))
     return 0
 
