@@ -153,7 +153,9 @@ def bundle_from_pipeline(pipe, device: torch.device, dtype: torch.dtype) -> Mode
 
     check_supported(pipe.unet)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.to(device, dtype)
+    pipe.to(device)
+    if pipe.unet.dtype != dtype:  # from_pretrained already applied torch_dtype; cast only in-memory builds
+        pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.unet.config.sample_size
     latent = (size, size) if isinstance(size, int) else tuple(size)

@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of dm and asyndm")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -140,6 +141,10 @@ def main(argv=None) -> dict:
                 times[method].append(elapsed / len(seeds))
                 peaks[method] = max(peaks[method], memory.peak)
 
+    if args.profile:
+        for method in ("dm", "asyndm"):
+            print_profile(method, runs[method], device)
+
     median = {m: statistics.median(times[m]) for m in METHODS}
     print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
           f"steps={args.steps} batch={args.batch_size} image={height}x{width} threads={args.threads} "
@@ -165,6 +170,20 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(summary))
     return summary
+
+
+def print_profile(method: str, run, device) -> None:
+    """Where the time goes: the operators of one run, by self time (CUDA time on a GPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- profile: {method}")
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
 
 
 def _device_name(device) -> str:
