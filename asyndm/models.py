@@ -139,10 +139,22 @@ def load_model(source: str, device: torch.device, dtype: torch.dtype) -> ModelBu
         StableDiffusionPipeline.from_pretrained,
         source,
         torch_dtype=dtype,
-        safety_checker=None,
         requires_safety_checker=False,
+        **{"safety_checker": None, **_absent_components(source)},
     )
     return bundle_from_pipeline(pipe, device, dtype)
+
+
+def _absent_components(source: str) -> dict[str, None]:
+    """Components a local folder saved as None (a pixel-space pipeline has no VAE).
+
+    diffusers refuses to load such a folder unless each missing component is passed as None.
+    """
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return {}
+    entries = json.loads(index.read_text(encoding="utf-8"))
+    return {name: None for name, value in entries.items() if isinstance(value, list) and value == [None, None]}
 
 
 def bundle_from_pipeline(pipe, device: torch.device, dtype: torch.dtype) -> ModelBundle:
