@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from evaluation.io import read_manifest  # noqa: E402
+from evaluation.io import read_manifest, read_results  # noqa: E402
 from evaluation.summary import ALL, VARIANT_ORDER, format_summary  # noqa: E402
 
 GRID_COLUMNS = ("dm", "dm_concave", "asyndm", "mask")
@@ -123,6 +123,13 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     return path
 
 
+def primary_metric(results: pd.DataFrame) -> str:
+    """The metric shown under grid images: an exact score where there is one, else the first."""
+    metrics = sorted(results["metric"].unique())
+    exact = [m for m in metrics if m.endswith("/exact")]
+    return (exact or metrics)[0]
+
+
 def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame | None = None) -> Path:
     """Image grid dm | dm_concave | asyndm | mask for the first `pairs` (prompt, seed) pairs."""
     manifest = read_manifest(run_dir)
@@ -147,9 +154,11 @@ def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame |
                 ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes, color="0.5")
             title = column if r == 0 else ""
             if results is not None and column in files and len(results):
-                score = results[(results.prompt_idx == prompt_idx) & (results.seed == seed) & (results.variant == column)]
+                metric = primary_metric(results)
+                score = results[(results.prompt_idx == prompt_idx) & (results.seed == seed)
+                                & (results.variant == column) & (results.metric == metric)]
                 if len(score):
-                    title = (title + "\n" if title else "") + f"{score.iloc[0].metric.split('/')[0]} {score.iloc[0].value:.3f}"
+                    title = (title + "\n" if title else "") + f"{metric} {float(score.iloc[0]['value']):.3f}"
             ax.set_title(title, fontsize=8)
         prompt = group.iloc[0]["prompt"]
         axes[r][0].set_ylabel(f"{prompt[:40]}\nseed {seed}", fontsize=7)
@@ -193,7 +202,7 @@ def build_report(folder: Path, pairs: int = 4) -> Path:
             parts.append(f"<pre>{html.escape(format_summary(summaries[label], categories=True))}</pre>")
         elif len(runs) > 1:
             parts.append("<p>No metrics were computed for this run.</p>")
-        results = pd.read_csv(run / "results.csv", keep_default_na=False) if (run / "results.csv").is_file() else None
+        results = read_results(run) if (run / "results.csv").is_file() else None
         grid = plot_grid(run, out / (f"grid_{i:02}.png" if len(runs) > 1 else "grid.png"), pairs=pairs, results=results)
         parts.append(_img(grid))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>asyndm report</title>"

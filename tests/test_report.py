@@ -50,3 +50,17 @@ def test_unscored_run_gets_grid_only(tmp_path):
     assert "No metrics were computed" in page
     assert page.count("data:image/png;base64") == 1
     assert not (run / "report" / "metrics.png").exists()
+
+
+def test_report_with_nan_metric_values(tmp_path):
+    """Metrics that do not apply to a prompt are NaN in results.csv (shapes/relation); the grid
+    still renders and shows the exact score."""
+    run = make_fake_run(tmp_path / "run", seeds=(0, 1))
+    manifest = pd.read_csv(run / "manifest.csv", keep_default_na=False)
+    base = manifest[["image_idx", "prompt_idx", "prompt", "category", "seed", "variant"]]
+    results = pd.concat([base.assign(metric="shapes/exact", value=1.0),
+                         base.assign(metric="shapes/relation", value=np.nan)], ignore_index=True)
+    atomic_write_csv(results, run / "results.csv")
+    atomic_write_csv(summarize(results), run / "summary.csv")
+    assert main([str(run)]) == 0
+    assert (run / "report" / "grid.png").is_file()
