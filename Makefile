@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev,cluster]"
 	touch $@
 
-# The main job on the embedded default: the tiny offline model, CPU.
+# The main job on the embedded default: the shipped toy model on the shapes prompts (40 prompts
+# x 2 images x 3 variants), scored exactly, logged to an offline wandb run, and a report. CPU.
 demo: venv
-	$(OFFLINE) $(BIN)/asyndm model=tiny prompts=animal prompts.limit=4 \
-		sample.images_per_prompt=2 sample.batch_size=2 sample.steps=20 \
-		save.masks=true eval=[clip_tiny] logger=wandb run_dir=outputs/demo
+	$(OFFLINE) $(BIN)/asyndm experiment=toy_alignment sample.images_per_prompt=2 sample.batch_size=2 \
+		logger=wandb run_dir=outputs/demo
 	$(OFFLINE) $(BIN)/asyndm-report outputs/demo
 
 test: venv
