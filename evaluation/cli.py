@@ -14,7 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from asyndm.config import CONF_DIR
+
 
 
 def _package(path: Path, group: str) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from asyndm.outputs import atomic_write_bytes
 
 MANIFEST_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file"]
 RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
@@ -47,16 +47,7 @@ def read_results(run_dir: Path) -> pd.DataFrame:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file and os.replace, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:

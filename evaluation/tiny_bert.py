@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.tiny_clip import cache_dir
+from asyndm.models import cache_dir
 from evaluation.tiny_vlm import save_folder_atomically
 
 TINY_BERT_VERSION = "v1"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from asyndm.models import cache_dir
+
 TINY_ARCH = "asyndm-tiny-clip"
 # Bump when the config or the initialisation changes, so that old checkpoints are not reused.
 TINY_VERSION = "v1"
@@ -24,11 +26,6 @@ TINY_CONFIG = {
     # vocab_size and context_length of real CLIP, so that open_clip's real tokenizer works.
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
-
-
-def cache_dir() -> Path:
-    """`$ASYNDM_CACHE`, else `~/.cache/asyndm`."""
-    return Path(os.environ.get("ASYNDM_CACHE") or Path.home() / ".cache" / "asyndm")
 
 
 def _atomic_write(path: Path, write) -> None:
