@@ -62,12 +62,21 @@ def _error(frame: pd.DataFrame, mean: str, low: str, high: str) -> np.ndarray:
     return np.nan_to_num(err)  # no interval (n = 1): no error bar
 
 
+def _metric_axes(n: int, panel_width: float, panel_height: float, per_row: int = 3):
+    """A figure with one panel per metric, at most ``per_row`` panels to a row."""
+    cols, rows = min(n, per_row), -(-n // per_row)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_width * cols, panel_height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def plot_metrics(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     """Bars of each metric's mean per variant with 95% CIs; grouped by run when there are several."""
     metrics = sorted({m for s in summaries.values() for m in s["metric"]})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.6 * len(summaries) + 2.5) * len(metrics), 3.6),
-                             squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = _metric_axes(len(metrics), max(4.5, 1.6 * len(summaries) + 2.5), 3.6)
+    for ax, metric in zip(axes, metrics):
         labels = list(summaries)
         variants = _variants(pd.concat([s[s.metric == metric] for s in summaries.values()]))
         width = 0.8 / len(variants)
@@ -97,9 +106,8 @@ def plot_metrics(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
 def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     """Paired difference from dm (same prompt and seed) per variant and run, with 95% CIs."""
     metrics = sorted({m for s in summaries.values() for m in s["metric"]})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 1.2 + 0.45 * max(
-        2, sum(len(_variants(s)) - 1 for s in summaries.values()))), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    fig, axes = _metric_axes(len(metrics), 6.5, 1.4 + 0.45 * max(2, sum(len(_variants(s)) - 1 for s in summaries.values())))
+    for ax, metric in zip(axes, metrics):
         names, means, errs, colors = [], [], [], []
         for label, s in summaries.items():
             rows = s[(s.metric == metric) & (s.category == ALL) & (s.variant != "dm")]
