@@ -27,8 +27,23 @@ def _file_digest(path) -> str | None:
         return None
 
 
+def _folder_signature(path) -> str | None:
+    """A local model folder by what identifies its weights cheaply: every JSON file's content
+    (configs, training records) and every other file's name and size. Retrained weights in the
+    same folder then give a new run folder instead of resuming one made with the old weights."""
+    folder = Path(str(path)).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(file.read_bytes() if file.suffix == ".json" else str(file.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """Short hash of the settings that decide the images (prompt files by content, not path)."""
+    """Short hash of the settings that decide the images (prompt files by content, local model
+    folders by their signature, not by path)."""
     subset = {}
     for key in HASHED_KEYS:
         node = cfg.get(key)
@@ -40,6 +55,9 @@ def config_hash(cfg: DictConfig) -> str:
         if prompts.get(key):
             prompts[key] = _file_digest(prompts[key]) or prompts[key]
     prompts.pop("name", None)
+    model = subset.get("model") or {}
+    if model.get("path"):
+        model["path"] = _folder_signature(model["path"]) or model["path"]
     text = json.dumps(subset, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
