@@ -244,19 +244,26 @@ def _clip_tokenizer(pad_token: str):
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=77, pad_token=pad_token)
 
 
-def _assemble(unet, vae, text_encoder, tokenizer):
-    """A StableDiffusionPipeline with SD's own DDPM schedule (as the SD 1.x/2.x configs)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+def sd_ddim_scheduler(prediction_type: str = "epsilon"):
+    """DDIM on SD 1.x/2.x's own noise schedule, as their scheduler configs set it."""
+    from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler(
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
+
+
+def _assemble(unet, vae, text_encoder, tokenizer):
+    """A StableDiffusionPipeline with SD's own DDPM schedule (as the SD 1.x/2.x configs)."""
+    from diffusers import StableDiffusionPipeline
+
+    scheduler = sd_ddim_scheduler()
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

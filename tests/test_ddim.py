@@ -2,23 +2,15 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from asyndm.ddim import ddim_step, split_prediction
+from asyndm.models import sd_ddim_scheduler
 
 SHAPE = (2, 4, 8, 8)
 
 
 def sd_scheduler(prediction_type, num_steps):
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = sd_ddim_scheduler(prediction_type)
     scheduler.set_timesteps(num_steps)
     return scheduler
 
