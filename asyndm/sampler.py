@@ -58,7 +58,8 @@ class AsyncSampler:
         self.offset = float(config.steps_offset)
         self.prediction_type = config.prediction_type
         self.alphas = bundle.scheduler.alphas_cumprod.to(bundle.device, torch.float32)
-        self.final_alpha = torch.as_tensor(bundle.scheduler.final_alpha_cumprod, dtype=torch.float32)
+        # on the device: a host tensor here would cost a copy (a sync on CUDA) every step
+        self.final_alpha = torch.as_tensor(bundle.scheduler.final_alpha_cumprod, dtype=torch.float32).to(bundle.device)
         self.pixel_unet = PixelTimestepUNet(bundle.unet, self.num_train_timesteps)
         latent_h, latent_w = bundle.latent_size
         resolution = settings.mask_resolution or latent_h // 4
@@ -93,7 +94,7 @@ class AsyncSampler:
     def _alpha(self, timesteps: torch.Tensor) -> torch.Tensor:
         """ᾱ per pixel; negative timesteps (diffusers' DDIM past the end) use final_alpha_cumprod."""
         alphas = self.alphas[timesteps.clamp(min=0)]
-        return torch.where(timesteps < 0, self.final_alpha.to(alphas.device), alphas)
+        return torch.where(timesteps < 0, self.final_alpha, alphas)
 
     def _transition(self, state, steps_left, k_map):
         """Next state per pixel: the concave curve where k > 0, the linear one where k = 0."""
