@@ -97,11 +97,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of dm and asyndm")
+    parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels_last memory format")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
     bundle = build_bundle(args.model, device, dtype)
+    if args.channels_last:  # shared modules: every method runs in this format
+        for module in (bundle.unet, getattr(bundle.pipe, "vae", None)):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
     if args.resolution:
         side = args.resolution // bundle.vae_scale_factor
         bundle.latent_size = (side, side)
@@ -148,6 +153,7 @@ def main(argv=None) -> dict:
     median = {m: statistics.median(times[m]) for m in METHODS}
     print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
           f"steps={args.steps} batch={args.batch_size} image={height}x{width} threads={args.threads} "
+          f"channels_last={args.channels_last} "
           f"torch={torch.__version__}")
     print(f"{'method':<12}{'s/image':>10}{'vs vanilla':>12}{'peak MiB':>11}{'peak vs vanilla':>17}")
     for m in METHODS:
@@ -161,6 +167,7 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "resolution": height,
+        "channels_last": args.channels_last,
         **{f"{m}_s_per_image": round(median[m], 5) for m in METHODS},
         "asyndm_over_vanilla": round(median["asyndm"] / median["vanilla"], 4),
         "asyndm_over_dm": round(median["asyndm"] / median["dm"], 4),
