@@ -45,6 +45,7 @@ class VariantResult:
     latents: torch.Tensor  # (B, C, h, w), before decoding
     assignment: torch.Tensor | None = None  # (B, h, w) final item index per pixel, -1 background
     timestep_maps: list[torch.Tensor] = field(default_factory=list)  # per step (B, h, w), if recorded
+    item_maps: list[torch.Tensor] = field(default_factory=list)  # per step (B, n_items, g_h*g_w), if recorded
 
 
 class AsyncSampler:
@@ -115,13 +116,15 @@ class AsyncSampler:
         fixed_assignment: torch.Tensor | None = None,
         capture: bool = False,
         record_timesteps: bool = False,
+        record_item_maps: bool = False,
         k_override: torch.Tensor | None = None,
     ) -> VariantResult:
         """Denoise one batch as ``variant``.
 
         ``fixed_assignment`` (B, h, w) makes asyndm's mask static; ``capture`` returns the mean over
         steps of the item maps (for static masks, from the dm pass) as the result's ``assignment``
-        source. ``k_override`` (B, h, w) pins the per-pixel k map (tests use zeros: every pixel linear).
+        source. ``record_item_maps`` keeps each step's captured item maps (for mask analyses).
+        ``k_override`` (B, h, w) pins the per-pixel k map (tests use zeros: every pixel linear).
         """
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}': choose from {', '.join(VARIANTS)}")
@@ -154,13 +157,13 @@ class AsyncSampler:
         state = self._transition(state, s.steps, k_map)
 
         store = None
-        if capture or dynamic:
+        if capture or dynamic or record_item_maps:
             weights = torch.zeros(embeddings.shape[1], len(token_positions), device=device)
             for item, positions in enumerate(token_positions):
                 weights[positions, item] = 1.0 / len(positions)
             store = AttentionStore(weights, 0.5 if self.guided else 0.0)
         captured_sum = None
-        timestep_maps = []
+        timestep_maps, recorded_maps = [], []
 
         capturing = capture_cross_attention(self.bundle.unet, self.capture_layers, store) if store else nullcontext()
         with capturing:
@@ -181,6 +184,8 @@ class AsyncSampler:
                 if store is not None:
                     store.enabled = False
                     item_maps = store.item_maps()
+                    if record_item_maps:
+                        recorded_maps.append(item_maps)
                     if capture:
                         captured_sum = item_maps if captured_sum is None else captured_sum + item_maps
                     if dynamic:  # this call's attention decides the next transition (§6)
@@ -205,7 +210,8 @@ class AsyncSampler:
                     None if noise is None else noise.float(), self.prediction_type,
                 ).to(latents.dtype)
 
-        result = VariantResult(latents=latents, assignment=assignment, timestep_maps=timestep_maps)
+        result = VariantResult(latents=latents, assignment=assignment, timestep_maps=timestep_maps,
+                               item_maps=recorded_maps)
         if capture:
             mean_maps = captured_sum / s.steps
             result.assignment = masks_from_attention(mean_maps, k_items, s.mask_threshold, self.mask_grid, (height, width))

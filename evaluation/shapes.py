@@ -58,13 +58,17 @@ def classify_shape(ys: np.ndarray, xs: np.ndarray) -> str:
     return "square" if fill >= 0.95 else "circle"
 
 
+def colour_labels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W) index of each pixel's nearest palette colour: 0 = white, then COLOURS in order."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    distance = ((pixels[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 5)
+    return distance.argmin(-1)
+
+
 def detect(image: Image.Image | np.ndarray, min_area: int = 6) -> list[Detected]:
     """The coloured objects of an image of the shapes world."""
-    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
-    height, width = pixels.shape[:2]
-    scale = SIZE / width  # report positions and areas in 32-px units
-    distance = ((pixels[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 5)
-    nearest = distance.argmin(-1)  # (H, W): 0 = white
+    nearest = colour_labels(image)  # (H, W): 0 = white
+    scale = SIZE / nearest.shape[1]  # report positions and areas in 32-px units
     found = []
     for index, colour in enumerate(_NAMES[1:], start=1):
         labels, count = ndimage.label(nearest == index)

@@ -73,3 +73,15 @@ def test_dynamic_asyndm_moves_items_slower_than_background(tiny_bundle):
     assert later.unique().numel() > 1, "after the first call the mask should split items from background"
     item_pixels = result.assignment >= 0
     assert item_pixels.any() and (~item_pixels).any()
+
+
+def test_recording_item_maps_keeps_the_images_and_returns_one_map_per_step(tiny_bundle):
+    sampler = AsyncSampler(tiny_bundle, SamplingSettings(steps=3))
+    embeddings = sampler.encode(PROMPT, len(SEEDS))
+    for variant in ("dm", "asyndm"):
+        plain = sampler.sample_variant(variant, embeddings, SEEDS, TOKENS, K)
+        recorded = sampler.sample_variant(variant, embeddings, SEEDS, TOKENS, K, record_item_maps=True)
+        assert torch.equal(plain.latents, recorded.latents)
+        assert plain.item_maps == [] and len(recorded.item_maps) == 3
+        grid_h, grid_w = sampler.mask_grid
+        assert recorded.item_maps[0].shape == (len(SEEDS), len(K), grid_h * grid_w)
