@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # No hub downloads at run time: the demo and the tests use models the project builds itself.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test bench gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: venv
 
 bench: venv
 	$(OFFLINE) $(BIN)/python scripts/benchmark.py --model tiny --device cpu
+
+# On a CUDA machine: the GPU tests and the figures of docs/performance.md, logs in outputs/gpu_check.
+gpu-check: venv
+	PYTHON=$(BIN)/python scripts/gpu_check.sh outputs/gpu_check
 
 clean:
 	rm -rf $(VENV) outputs
