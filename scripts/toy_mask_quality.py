@@ -8,6 +8,7 @@ step's item map can be scored against it (docs/toy-world.md §5):
 - precision: the share of the binarised mask (map >= threshold x its mean, as the sampler does)
   that lies on the object;
 - coverage: the share of the object's cells inside the mask;
+- area: the mask's share of the cells;
 - chance: the object's share of the cells (the precision of a mask placed at random).
 
 An object's cells are the mask-grid cells holding a pixel of the item's named colour in the final
@@ -58,6 +59,7 @@ def map_scores(item_map: np.ndarray, cells: np.ndarray, threshold: float) -> dic
         "peak_inside": float(cells.flat[item_map.argmax()]),
         "precision": on_object / max(mask.sum(), 1),
         "coverage": on_object / cells.sum(),
+        "area": mask.mean(),
         "chance": cells.mean(),
     }
 
@@ -121,7 +123,7 @@ def main(argv=None) -> pd.DataFrame:
     for variant in args.variants:
         part = summary[summary.variant == variant].set_index("step").loc[shown]
         print(f"\n{variant}: step | " + " | ".join(str(s) for s in shown))
-        for metric in ("peak_inside", "precision", "coverage", "chance"):
+        for metric in ("peak_inside", "precision", "coverage", "area", "chance"):
             print(f"{metric:>12} | " + " | ".join(f"{v:.2f}" for v in part[metric]))
     print(f"\nwrote {args.out}")
     return summary

@@ -25,7 +25,7 @@ def test_a_map_on_the_object_scores_one_and_a_map_beside_it_zero():
     assert 0 < cells.sum() < 40 and cells[4, 4] and not cells[12, 12]
     on = script.map_scores(cells.astype(float) + 0.01, cells, threshold=1.0)
     assert on["peak_inside"] == 1 and on["precision"] == 1 and on["coverage"] == 1
-    assert on["chance"] == cells.mean()
+    assert on["chance"] == cells.mean() and on["area"] == cells.mean()
     beside = script.map_scores(np.roll(cells, 8, axis=0).astype(float) + 0.01, cells, threshold=1.0)
     assert beside["peak_inside"] == 0 and beside["precision"] == 0 and beside["coverage"] == 0
     assert not script.object_cells(labels, "blue", (16, 16)).any()
@@ -35,5 +35,5 @@ def test_runs_on_the_shipped_toy_model(tmp_path, capsys):
     out = tmp_path / "quality.csv"
     summary = _script().main(["--seeds", "1", "--steps", "2", "--categories", "single", "--out", str(out)])
     assert out.is_file() and set(summary.variant) == {"dm", "asyndm"} and set(summary.step) == {0, 1}
-    assert summary[["peak_inside", "precision", "coverage", "chance"]].stack().between(0, 1).all()
+    assert summary[["peak_inside", "precision", "coverage", "area", "chance"]].stack().between(0, 1).all()
     assert "precision" in capsys.readouterr().out
