@@ -26,6 +26,18 @@ def tiny_bundle(tiny_path):
     return load_model(str(tiny_path), torch.device("cpu"), torch.float32)
 
 
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A fresh model cache for one test module (tiny VLM/BERT built there); loaded models dropped after."""
+    from evaluation import registry, vlm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASYNDM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+    registry.clear_cache()
+    vlm.clear_cache()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from evaluation import registry, vlm
+from evaluation import registry
 from evaluation.caption_bertscore import (CAPTION_TEMPLATE, EMPTY, F1, BertScorer, CaptionBertScore)
 from evaluation.cli import CONF_DIR
 from evaluation.fake_run import make_fake_run
@@ -20,13 +20,7 @@ TINY_CFG = {"evaluator": "caption_bertscore", "model": "tiny", "scorer_model": "
             "batch_size": 3, "max_new_tokens": 8, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASYNDM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-    registry.clear_cache()
-    vlm.clear_cache()
+pytestmark = pytest.mark.usefixtures("tiny_cache")
 
 
 @pytest.fixture(scope="module")

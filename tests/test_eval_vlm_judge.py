@@ -22,13 +22,7 @@ torch.set_num_threads(1)
 TINY_CFG = {"evaluator": "vlm_judge", "model": "tiny", "batch_size": 3, "device": "cpu", "max_new_tokens": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASYNDM_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-    registry.clear_cache()
-    vlm.clear_cache()
+pytestmark = pytest.mark.usefixtures("tiny_cache")
 
 
 @pytest.fixture(scope="module")
