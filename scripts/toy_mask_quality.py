@@ -6,7 +6,8 @@ step's item map can be scored against it (docs/toy-world.md §5):
 
 - peak inside: the map's maximum lies on a cell of the object;
 - precision: the share of the binarised mask (map >= threshold x its mean, as the sampler does)
-  that lies on the object;
+  that lies on the object, over non-empty masks;
+- empty: the share of masks with no cell (a threshold above 1 empties flat maps: nothing is slowed);
 - coverage: the share of the object's cells inside the mask;
 - area: the mask's share of the cells;
 - chance: the object's share of the cells (the precision of a mask placed at random).
@@ -57,7 +58,8 @@ def map_scores(item_map: np.ndarray, cells: np.ndarray, threshold: float) -> dic
     on_object = (mask & cells).sum()
     return {
         "peak_inside": float(cells.flat[item_map.argmax()]),
-        "precision": on_object / max(mask.sum(), 1),
+        "precision": on_object / mask.sum() if mask.any() else float("nan"),
+        "empty": float(not mask.any()),
         "coverage": on_object / cells.sum(),
         "area": mask.mean(),
         "chance": cells.mean(),
@@ -123,7 +125,7 @@ def main(argv=None) -> pd.DataFrame:
     for variant in args.variants:
         part = summary[summary.variant == variant].set_index("step").loc[shown]
         print(f"\n{variant}: step | " + " | ".join(str(s) for s in shown))
-        for metric in ("peak_inside", "precision", "coverage", "area", "chance"):
+        for metric in ("peak_inside", "precision", "empty", "coverage", "area", "chance"):
             print(f"{metric:>12} | " + " | ".join(f"{v:.2f}" for v in part[metric]))
     print(f"\nwrote {args.out}")
     return summary

@@ -29,11 +29,13 @@ def test_a_map_on_the_object_scores_one_and_a_map_beside_it_zero():
     beside = script.map_scores(np.roll(cells, 8, axis=0).astype(float) + 0.01, cells, threshold=1.0)
     assert beside["peak_inside"] == 0 and beside["precision"] == 0 and beside["coverage"] == 0
     assert not script.object_cells(labels, "blue", (16, 16)).any()
+    flat = script.map_scores(np.ones((16, 16)), cells, threshold=2.0)  # nothing above twice the mean
+    assert flat["empty"] == 1 and np.isnan(flat["precision"]) and flat["coverage"] == 0
 
 
 def test_runs_on_the_shipped_toy_model(tmp_path, capsys):
     out = tmp_path / "quality.csv"
     summary = _script().main(["--seeds", "1", "--steps", "2", "--categories", "single", "--out", str(out)])
     assert out.is_file() and set(summary.variant) == {"dm", "asyndm"} and set(summary.step) == {0, 1}
-    assert summary[["peak_inside", "precision", "coverage", "area", "chance"]].stack().between(0, 1).all()
+    assert summary[["peak_inside", "precision", "empty", "coverage", "area", "chance"]].stack().between(0, 1).all()
     assert "precision" in capsys.readouterr().out
