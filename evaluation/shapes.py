@@ -65,6 +65,14 @@ def colour_labels(image: Image.Image | np.ndarray) -> np.ndarray:
     return distance.argmin(-1)
 
 
+def colour_cells(labels: np.ndarray, colour: str, grid: tuple[int, int]) -> np.ndarray:
+    """(g_h, g_w) bool: the cells of a grid over ``colour_labels`` output that hold a pixel of ``colour``."""
+    height, width = labels.shape
+    g_h, g_w = grid
+    hit = labels == _NAMES.index(colour)
+    return hit.reshape(g_h, height // g_h, g_w, width // g_w).any(axis=(1, 3))
+
+
 def detect(image: Image.Image | np.ndarray, min_area: int = 6) -> list[Detected]:
     """The coloured objects of an image of the shapes world."""
     nearest = colour_labels(image)  # (H, W): 0 = white

@@ -37,20 +37,9 @@ sys.path.insert(0, str(ROOT))
 from asyndm.models import load_model  # noqa: E402
 from asyndm.prompts import load_prompts  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
-from asyndm.shapes_world import COLOURS, parse_prompt  # noqa: E402
+from asyndm.shapes_world import parse_prompt  # noqa: E402
 from asyndm.tokens import item_token_positions  # noqa: E402
-from evaluation.shapes import colour_labels  # noqa: E402
-
-COLOUR_INDEX = {name: i for i, name in enumerate(COLOURS, start=1)}  # colour_labels: 0 = white
-
-
-def object_cells(labels: np.ndarray, colour: str, grid: tuple[int, int]) -> np.ndarray:
-    """(g_h, g_w) bool: the cells of the mask grid that hold a pixel of ``colour``."""
-    height, width = labels.shape
-    g_h, g_w = grid
-    hit = labels == COLOUR_INDEX[colour]
-    return hit.reshape(g_h, height // g_h, g_w, width // g_w).any(axis=(1, 3))
-
+from evaluation.shapes import colour_cells, colour_labels  # noqa: E402
 
 def map_scores(item_map: np.ndarray, cells: np.ndarray, threshold: float) -> dict[str, float]:
     """Scores of one (g_h, g_w) attention map against one object's cells."""
@@ -102,7 +91,7 @@ def main(argv=None) -> pd.DataFrame:
             for b, image in enumerate(images):
                 labels = colour_labels(image)
                 for item, (colour, _shape, _count) in enumerate(objects[: len(spec.items)]):
-                    cells = object_cells(labels, colour, grid)
+                    cells = colour_cells(labels, colour, grid)
                     if not cells.any():
                         missing += variant == args.variants[0]
                         continue
