@@ -69,6 +69,8 @@ def colour_cells(labels: np.ndarray, colour: str, grid: tuple[int, int]) -> np.n
     """(g_h, g_w) bool: the cells of a grid over ``colour_labels`` output that hold a pixel of ``colour``."""
     height, width = labels.shape
     g_h, g_w = grid
+    if height % g_h or width % g_w:
+        raise ValueError(f"grid {g_h}x{g_w} does not divide the {height}x{width} image into whole cells")
     hit = labels == _NAMES.index(colour)
     return hit.reshape(g_h, height // g_h, g_w, width // g_w).any(axis=(1, 3))
 

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from asyndm.shapes_world import Obj, render
 from evaluation.shapes import colour_cells, colour_labels
@@ -29,6 +30,8 @@ def test_a_map_on_the_object_scores_one_and_a_map_beside_it_zero():
     beside = script.map_scores(np.roll(cells, 8, axis=0).astype(float) + 0.01, cells, threshold=1.0)
     assert beside["peak_inside"] == 0 and beside["precision"] == 0 and beside["coverage"] == 0
     assert not colour_cells(labels, "blue", (16, 16)).any()
+    with pytest.raises(ValueError, match="does not divide"):
+        colour_cells(labels, "red", (12, 12))
     flat = script.map_scores(np.ones((16, 16)), cells, threshold=2.0)  # nothing above twice the mean
     assert flat["empty"] == 1 and np.isnan(flat["precision"]) and flat["coverage"] == 0
 
