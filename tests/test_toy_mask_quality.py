@@ -1,4 +1,4 @@
-"""scripts/toy_mask_quality.py: its scores on exact ground truth, and an end-to-end run on the toy model."""
+"""The toy-world analysis scripts (toy_mask_quality, toy_oracle_masks): scores on exact ground truth, end-to-end runs."""
 
 import importlib.util
 from pathlib import Path
@@ -9,11 +9,11 @@ import pytest
 from asyndm.shapes_world import Obj, render
 from evaluation.shapes import colour_cells, colour_labels
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "toy_mask_quality.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("toy_mask_quality", SCRIPT)
+def _script(name: str = "toy_mask_quality"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,9 +45,7 @@ def test_runs_on_the_shipped_toy_model(tmp_path, capsys):
 
 
 def test_oracle_masks_follow_the_painted_colours_and_run_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("toy_oracle_masks", SCRIPT.with_name("toy_oracle_masks.py"))
-    oracle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(oracle)
+    oracle = _script("toy_oracle_masks")
     image = render([Obj("square", "red", 8.0, 8.0, 4.0), Obj("circle", "blue", 24.0, 24.0, 4.0)])
     assignment = oracle.oracle_assignment(image, ["red", "blue"], [0.5, 0.7], (32, 32))
     labels = colour_labels(image)
