@@ -38,7 +38,7 @@ class BertScorer:
                  batch_size: int = 64, key: str = "scorer_model"):
         from transformers import AutoModel, AutoTokenizer
 
-        from evaluation.tiny_bert import tiny_bert_dir
+        from evaluation.offline.tiny_bert import tiny_bert_dir
 
         source = resolve_model(model, key, tiny_dir=tiny_bert_dir)
         self.device, _ = pick_device_dtype(device, "float32")

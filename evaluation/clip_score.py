@@ -65,7 +65,7 @@ def resolve_weights(arch: str, pretrained: str) -> tuple[str, str]:
         if not (arch == TINY and pretrained in (TINY, None, "")):
             raise ValueError(f"the tiny CLIP needs arch=tiny and pretrained=tiny together, got "
                              f"arch={arch!r} pretrained={pretrained!r}; set both, or use eval=[clip_tiny]")
-        from evaluation.tiny_clip import TINY_ARCH, tiny_clip_checkpoint
+        from evaluation.offline.tiny_clip import TINY_ARCH, tiny_clip_checkpoint
 
         return TINY_ARCH, str(tiny_clip_checkpoint())
     if open_clip.get_model_config(arch) is None:

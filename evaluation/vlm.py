@@ -33,7 +33,7 @@ def resolve_model(model: str, key: str, tiny_dir: Callable[[], Path] | None = No
     """
     if model == TINY:
         if tiny_dir is None:
-            from evaluation.tiny_vlm import tiny_vlm_dir as tiny_dir
+            from evaluation.offline.tiny_vlm import tiny_vlm_dir as tiny_dir
         return str(tiny_dir())
     path = Path(str(model)).expanduser()
     if path.is_dir():

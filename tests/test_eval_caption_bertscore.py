@@ -10,7 +10,7 @@ from PIL import Image
 from evaluation import registry
 from evaluation.caption_bertscore import (CAPTION_TEMPLATE, EMPTY, F1, BertScorer, CaptionBertScore)
 from evaluation.cli import CONF_DIR
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.scoring import score_run
 from evaluation.vlm_judge import VlmJudge  # noqa: F401  (registers vlm_judge)
 

@@ -54,7 +54,7 @@ def test_batch_size_does_not_change_scores(tiny):
 
 
 def test_tiny_checkpoint_is_deterministic(tmp_path, monkeypatch):
-    from evaluation.tiny_clip import tiny_clip_checkpoint
+    from evaluation.offline.tiny_clip import tiny_clip_checkpoint
 
     states = []
     for sub in ("a", "b"):
@@ -77,7 +77,7 @@ def test_missing_weights_offline_fail_fast(monkeypatch, tmp_path):
 
 
 def test_local_checkpoint_file_is_accepted(tiny):
-    from evaluation.tiny_clip import TINY_ARCH, tiny_clip_checkpoint
+    from evaluation.offline.tiny_clip import TINY_ARCH, tiny_clip_checkpoint
 
     path = str(tiny_clip_checkpoint())
     assert resolve_weights(TINY_ARCH, path) == (TINY_ARCH, path)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from evaluation import registry
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.image_reward import METRIC, ImageRewardScore
 from evaluation.scoring import score_run
 

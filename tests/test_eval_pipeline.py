@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from evaluation.cli import CONF_DIR, apply_overrides, main
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.pipeline import run_after_sampling
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evaluation import registry
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.scoring import score_run
 
 torch.set_num_threads(1)

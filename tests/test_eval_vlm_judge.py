@@ -11,7 +11,7 @@ from PIL import Image
 
 from evaluation import registry, vlm
 from evaluation.cli import CONF_DIR
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.io import read_results
 from evaluation.scoring import score_run
 from evaluation.summary import summarize

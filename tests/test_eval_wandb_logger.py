@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.summary import summarize
 from evaluation.wandb_logger import WANDB_DIR_VARS, image_table_rows, log_run, resolve_mode, summary_metrics
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from evaluation.fake_run import make_fake_run
+from evaluation.offline.fake_run import make_fake_run
 from evaluation.io import atomic_write_csv
 from evaluation.report import build_report, find_runs, main
 from evaluation.summary import summarize

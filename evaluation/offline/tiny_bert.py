@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from asyndm.models import cache_dir
-from evaluation.tiny_vlm import save_folder_atomically
+from evaluation.offline.tiny_vlm import save_folder_atomically
 
 TINY_BERT_VERSION = "v1"
 TINY_BERT_SEED = 0
