@@ -54,23 +54,39 @@ def capture_layer_names(unet, latent_side: int, mask_resolution: int) -> list[st
 
 
 class AttentionStore:
-    """Per UNet call, the item maps averaged over the captured layers: (B_cond, n_items, h*w)."""
+    """Item maps of one UNet call, averaged over the captured layers: (B_cond, n_items, h*w).
 
-    def __init__(self, token_weights: torch.Tensor, cond_fraction_start: float):
-        # token_weights: (L, n_items), column i averages the tokens of item i.
-        self.token_weights = token_weights
-        self.cond_start = cond_fraction_start  # 0.5 with classifier-free guidance, else 0
-        self.enabled = False
+    ``rows`` selects the batch rows whose maps count (the conditional half under guidance); None
+    between calls, so a call made without it (an extra guidance pass) captures nothing.
+    """
+
+    def __init__(self, token_positions: list[list[int]]):
+        self.token_positions = token_positions
+        self.rows: slice | None = None
+        self._weights: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._layers = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rows is not None
 
     def reset(self) -> None:
         self._sum, self._layers = None, 0
 
+    def _token_weights(self, length: int, device) -> torch.Tensor:
+        """(L, n_items): column i averages the tokens of item i (built once per sequence length)."""
+        if self._weights is None or self._weights.shape[0] != length or self._weights.device != device:
+            weights = torch.zeros(length, len(self.token_positions))
+            for item, positions in enumerate(self.token_positions):
+                weights[positions, item] = 1.0 / len(positions)
+            self._weights = weights.to(device)
+        return self._weights
+
     def add(self, probs: torch.Tensor) -> None:
         """probs: (B_cond, heads, h*w, L) attention probabilities of one layer."""
-        weights = self.token_weights.to(probs.dtype)
-        item_maps = (probs.float().mean(dim=1) @ weights.float()).transpose(1, 2)  # (B, n_items, h*w)
+        weights = self._token_weights(probs.shape[-1], probs.device)
+        item_maps = (probs.float().mean(dim=1) @ weights).transpose(1, 2)  # (B, n_items, h*w)
         self._sum = item_maps if self._sum is None else self._sum + item_maps
         self._layers += 1
 
@@ -90,9 +106,9 @@ class CapturingProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         if self.store.enabled:
-            start = int(hidden_states.shape[0] * self.store.cond_start)
-            query = attn.to_q(hidden_states[start:])
-            context = encoder_hidden_states[start:]
+            rows = self.store.rows
+            query = attn.to_q(hidden_states[rows])
+            context = encoder_hidden_states[rows]
             if attn.norm_cross:
                 context = attn.norm_encoder_hidden_states(context)
             key = attn.to_k(context)

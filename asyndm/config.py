@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .curves import CURVES
+from .curves import CURVES, SEMANTICS
 from .errors import ConfigError
-from .sampler import MASK_MODES, VARIANTS
+from .sampler import MASK_MODES
+from .variants import VARIANTS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -18,6 +19,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # changes only those resumes the same folder.
 HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sample", "seed", "precision")
 UNHASHED_SAMPLE_KEYS = ("batch_size",)
+# The sampler's semantics, part of every run's identity: 2 = the reference's mask timing and curve
+# numerics (METHOD.md §3, §6). Folders sampled by an earlier version are refused, not resumed into.
+SAMPLER_SEMANTICS = 2
 
 
 def _file_digest(path) -> str | None:
@@ -58,6 +62,7 @@ def config_hash(cfg: DictConfig) -> str:
     model = subset.get("model") or {}
     if model.get("path"):
         model["path"] = _folder_signature(model["path"]) or model["path"]
+    subset["sampler_semantics"] = SAMPLER_SEMANTICS
     text = json.dumps(subset, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -83,6 +88,8 @@ def validate(cfg: DictConfig) -> None:
         _require(v in VARIANTS, f"unknown variant '{v}' in variants: choose from [{','.join(VARIANTS)}]")
     _require(len(set(variants)) == len(variants), f"variants={variants} lists a variant twice")
     _require(cfg.curve.name in CURVES, f"unknown curve '{cfg.curve.name}': choose curve=bin, curve=lin or curve=exp")
+    semantics = cfg.curve.get("semantics", "reference")
+    _require(semantics in SEMANTICS, f"curve.semantics={semantics}: choose {' or '.join(SEMANTICS)} (default reference)")
     _require(cfg.mask.name in MASK_MODES, f"unknown mask mode '{cfg.mask.name}': choose mask=dynamic or mask=static")
     _require(cfg.mask.threshold > 0, f"mask.threshold={cfg.mask.threshold}: must be positive (default 1.0)")
     res = cfg.mask.resolution
@@ -99,4 +106,6 @@ def validate(cfg: DictConfig) -> None:
     )
     shard = cfg.shard
     _require(shard.count >= 1 and 0 <= shard.index < shard.count, f"shard.index={shard.index} shard.count={shard.count}: need 0 <= index < count")
-    _require(cfg.prompts.item_tokens in ("word", "legacy"), f"prompts.item_tokens={cfg.prompts.item_tokens}: choose word or legacy")
+    tokens = cfg.prompts.get("item_tokens")
+    _require(tokens in (None, "word", "legacy"),
+             f"prompts.item_tokens={tokens}: choose word or legacy (unset: legacy for the reference's two-file format)")

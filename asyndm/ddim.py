@@ -40,12 +40,17 @@ def ddim_step(
     eta: float,
     noise: torch.Tensor | None,
     prediction_type: str = "epsilon",
+    renoise_output: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x_t → x_t' with per-pixel ᾱ (alpha_t, alpha_prev broadcast against ``sample``).
 
     x' = √ᾱ_t'·x̂0 + √(1-ᾱ_t'-σ²)·ε̂ + σ·z,  σ = η·√((1-ᾱ_t')/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_t')).
+    ``renoise_output``: where a guidance rule points the direction term along another output than
+    the one x̂0 comes from (CFG++), ε̂ of the direction is taken from it.
     """
     x0, eps = split_prediction(model_output, sample, alpha_t, prediction_type)
+    if renoise_output is not None:
+        eps = split_prediction(renoise_output, sample, alpha_t, prediction_type)[1]
     variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
     sigma = eta * variance.sqrt()
     # clamp: rounding can leave -1e-9 where the exact value is 0 (t' = t), which would give NaN

@@ -1,7 +1,7 @@
 """Item masks from attention maps (METHOD.md §6): binarise, resolve overlaps by k, upsample.
 
-Pure tensor functions. A mask is an item index per latent pixel (-1 = background); the sampler
-turns it into a per-pixel k map (0 = background, which follows the linear curve).
+Pure tensor functions. A mask is an item index per latent pixel (-1 = background, which follows
+the linear curve); the schedule gives each item's pixels that item's concave curve.
 """
 
 from __future__ import annotations
@@ -32,12 +32,6 @@ def upsample_assignment(assignment: torch.Tensor, height: int, width: int) -> to
     return assignment.repeat_interleave(height // grid_h, dim=1).repeat_interleave(width // grid_w, dim=2)
 
 
-def k_map_from_assignment(assignment: torch.Tensor, item_k: torch.Tensor) -> torch.Tensor:
-    """Per-pixel k: the assigned item's k, 0 for background."""
-    padded = torch.cat([item_k.new_zeros(1), item_k])  # index 0 ↔ background
-    return padded[assignment + 1]
-
-
 def masks_from_attention(
     item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float, grid: tuple[int, int], latent: tuple[int, int]
 ) -> torch.Tensor:
@@ -45,9 +39,3 @@ def masks_from_attention(
     batch, n_items, _ = item_maps.shape
     cells = item_assignment(item_maps.view(batch, n_items, *grid), item_k, threshold)
     return upsample_assignment(cells, *latent)
-
-
-def initial_assignment(batch: int, height: int, width: int, token_positions: list[list[int]], device) -> torch.Tensor:
-    """Dynamic masks before the first step: every pixel goes to the item with the largest token index."""
-    last_item = max(range(len(token_positions)), key=lambda i: max(token_positions[i]))
-    return torch.full((batch, height, width), last_item, dtype=torch.long, device=device)

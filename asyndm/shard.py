@@ -27,26 +27,13 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from .errors import AsyndmError
+from .plan import manifest_name, shard_batches, shard_suffix  # noqa: F401 - re-exported for scripts
 
 SHARD_MANIFEST = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
 
 
 class MergeError(AsyndmError):
     """Shard folders that do not add up to one run."""
-
-
-def shard_batches(batches: list, index: int, count: int) -> list:
-    """Batches ``index, index + count, ...`` of the global plan (round robin keeps shards even)."""
-    return batches[index::count]
-
-
-def shard_suffix(index: int, count: int) -> str:
-    """'' for an unsharded run, else '.shard-{index}-of-{count}' (for manifest and status files)."""
-    return "" if count == 1 else f".shard-{index}-of-{count}"
-
-
-def manifest_name(index: int, count: int) -> str:
-    return f"manifest{shard_suffix(index, count)}.csv"
 
 
 def shards_in(folder: Path) -> list[tuple[int, int]]:
@@ -81,8 +68,8 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     shard 0 of 1, manifest.csv and status.json; then scores the run when its config asks for it.
     """
     from .outputs import atomic_write_bytes, write_table
-    from .run import files_for, load_run_prompts, manifest_rows, plan_batches
-    from .sampler import VARIANTS
+    from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
+    from .variants import VARIANTS
 
     out_dir = Path(out_dir)
     shard_dirs = [Path(d) for d in shard_dirs] or [out_dir]

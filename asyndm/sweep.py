@@ -118,7 +118,7 @@ def _job_gpu(multirun: bool, job_num: int, sweep_dir: Path | None, device) -> It
 @contextmanager
 def sweep_job(run_dir: Path, cfg: DictConfig) -> Iterator[None]:
     """Record the run's status in ``run_dir``; in a multirun, record a failure and carry on."""
-    from .shard import shard_suffix
+    from .plan import shard_suffix
 
     shard = cfg.get("shard") or {"index": 0, "count": 1}
     path = Path(run_dir) / f"status{shard_suffix(shard['index'], shard['count'])}.json"

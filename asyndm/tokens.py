@@ -8,7 +8,6 @@ whitespace-word index w is read as token w + 1, punctuation and all.
 from __future__ import annotations
 
 from .errors import PromptError
-from .prompts import PromptSpec
 
 TOKEN_MODES = ("word", "legacy")
 
@@ -25,33 +24,35 @@ def _find(sequence: list[int], sub: list[int]) -> int:
     return -1
 
 
-def item_token_positions(tokenizer, spec: PromptSpec, mode: str = "word") -> list[list[int]]:
-    """One list of token positions per item of ``spec``."""
-    ids = prompt_token_ids(tokenizer, spec.prompt)
+def item_token_positions(
+    tokenizer, prompt: str, items: list[str], legacy_item_idx: list[int] | None = None, mode: str = "word"
+) -> list[list[int]]:
+    """One list of token positions per item of ``prompt``."""
+    ids = prompt_token_ids(tokenizer, prompt)
     last_word_token = len(ids) - 2  # ids = [start, ..., end]
     if mode == "legacy":
-        if spec.legacy_item_idx is None:
+        if legacy_item_idx is None:
             raise PromptError(
-                f"prompt '{spec.prompt}' has no legacy_item_idx; use prompts.item_tokens=word for this prompt file"
+                f"prompt '{prompt}' has no legacy_item_idx; use prompts.item_tokens=word for this prompt file"
             )
         positions = []
-        for item, word_index in zip(spec.items, spec.legacy_item_idx):
+        for item, word_index in zip(items, legacy_item_idx):
             if word_index + 1 > last_word_token:
                 raise PromptError(
                     f"legacy index {word_index} of item '{item}' is past the {last_word_token} tokens of prompt "
-                    f"'{spec.prompt}'; fix the item file or use prompts.item_tokens=word"
+                    f"'{prompt}'; fix the item file or use prompts.item_tokens=word"
                 )
             positions.append([word_index + 1])
         return positions
     if mode != "word":
         raise PromptError(f"prompts.item_tokens={mode}: choose one of {', '.join(TOKEN_MODES)}")
     positions = []
-    for item in spec.items:
+    for item in items:
         word_ids = tokenizer(item, add_special_tokens=False).input_ids
         start = _find(ids[1:-1], word_ids)
         if not word_ids or start < 0:
             raise PromptError(
-                f"item '{item}' is not a word of prompt '{spec.prompt}' as the tokenizer splits it "
+                f"item '{item}' is not a word of prompt '{prompt}' as the tokenizer splits it "
                 f"(or lies past its {tokenizer.model_max_length}-token limit)"
             )
         positions.append(list(range(start + 1, start + 1 + len(word_ids))))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import _clip_tokenizer
+from .offline.sd import clip_tokenizer
 
 TEXT_LENGTH = 16  # tokens per prompt, start and end included: the world's prompts need at most 12
 
@@ -72,7 +72,7 @@ def build_toy_pipeline(
             pad_token_id=49407,
         )
     )
-    tokenizer = _clip_tokenizer("<|endoftext|>")
+    tokenizer = clip_tokenizer("<|endoftext|>")
     tokenizer.model_max_length = TEXT_LENGTH
     return StableDiffusionPipeline(
         vae=None,

@@ -11,6 +11,7 @@ the timed rounds after warm-up. The last line is one JSON object for scripts.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -25,17 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asyndm.models import (  # noqa: E402
-    build_tiny_pipeline,
-    bundle_from_pipeline,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    sd21_shaped_pipeline,
-)
-from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
-from asyndm.tokens import item_token_positions  # noqa: E402
+from asyndm.backends import backend_for_pipeline  # noqa: E402
+from asyndm.models import built_in_source, check_source, load_backend, resolve_device, resolve_dtype  # noqa: E402
+from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
+from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
 
 PROMPT = PromptSpec(0, "a cat eating a sandwich", ["cat", "sandwich"], [0.7, 0.7])
 METHODS = ("vanilla", "dm", "dm_concave", "asyndm")
@@ -78,17 +73,24 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_bundle(model: str, device, dtype):
-    if model == "tiny":
-        return load_model(str(build_tiny_pipeline()), device, dtype)
-    if model == "sd21-shaped":
-        return bundle_from_pipeline(sd21_shaped_pipeline(), device, dtype)
-    return load_model(model, device, dtype)
+# Real architectures with random weights, built in memory (no download): name → pipeline builder.
+SHAPED = {"sd21-shaped": sd21_shaped_pipeline}
+BUILT_IN = ("tiny",)
+
+
+def build_backend(model: str, device, dtype):
+    """A built-in model, a ``*-shaped`` architecture in memory, or a folder / hub id."""
+    if model in SHAPED:
+        pipe = SHAPED[model]()
+        return backend_for_pipeline(type(pipe).__name__)(pipe, device, dtype)
+    source = built_in_source(model) if model in BUILT_IN else check_source(model)
+    return load_backend(source, device, dtype)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny | sd21-shaped | a diffusers folder or hub id")
+    parser.add_argument("--model", default="tiny",
+                        help=f"{' | '.join(BUILT_IN + tuple(SHAPED))} | a diffusers folder or hub id")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--steps", type=int, default=50)
@@ -102,31 +104,31 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
-    bundle = build_bundle(args.model, device, dtype)
+    backend = build_backend(args.model, device, dtype)
     if args.channels_last:  # shared modules: every method runs in this format
-        for module in (bundle.unet, getattr(bundle.pipe, "vae", None)):
+        for name in ("unet", "transformer", "vae"):
+            module = getattr(backend.pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if args.resolution:
-        side = args.resolution // bundle.vae_scale_factor
-        bundle.latent_size = (side, side)
-    settings = SamplingSettings(steps=args.steps, eta=1.0, guidance_scale=5.0)
-    sampler = AsyncSampler(bundle, settings)
-    tokens = item_token_positions(bundle.tokenizer, PROMPT)
+    height, width = (args.resolution, args.resolution) if args.resolution else backend.default_size
+    settings = SamplingSettings(steps=args.steps, eta=1.0, guidance_scale=5.0, height=height, width=width)
+    sampler = AsyncSampler(backend, settings)
+    tokens = backend.item_tokens(PROMPT.prompt, PROMPT.items, None, "word")
     seeds = list(range(1234, 1234 + args.batch_size))
-    height, width = (s * bundle.vae_scale_factor for s in bundle.latent_size)
+    # the pipeline's own call, with eta where its scheduler takes one (DDIM)
+    eta = {"eta": settings.eta} if "eta" in inspect.signature(backend.pipe.__call__).parameters else {}
 
     def vanilla():
         generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-        return bundle.pipe(
+        return backend.pipe(
             PROMPT.prompt, height=height, width=width, num_images_per_prompt=len(seeds), generator=generators,
-            eta=settings.eta, guidance_scale=settings.guidance_scale, num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale, num_inference_steps=settings.steps, **eta,
         ).images
 
     def ours(variant):
         def run():
-            embeddings = sampler.encode(PROMPT.prompt, len(seeds))
-            result = sampler.sample_variant(variant, embeddings, seeds, tokens, PROMPT.k)
+            cond = sampler.encode(PROMPT.prompt, len(seeds))
+            result = sampler.sample_variant(variant, cond, seeds, tokens, PROMPT.k)
             return sampler.decode(result.latents)
 
         return run

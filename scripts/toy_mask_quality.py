@@ -30,15 +30,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from asyndm.models import load_model  # noqa: E402
+from asyndm import AsyncPipeline  # noqa: E402
+from asyndm.callbacks import RecordItemMaps  # noqa: E402
 from asyndm.prompts import load_prompts  # noqa: E402
-from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
+from asyndm.sampler import SamplingSettings  # noqa: E402
 from asyndm.shapes_world import parse_prompt  # noqa: E402
-from asyndm.tokens import item_token_positions  # noqa: E402
 from evaluation.shapes import colour_cells, colour_labels  # noqa: E402
 
 def map_scores(item_map: np.ndarray, cells: np.ndarray, threshold: float) -> dict[str, float]:
@@ -73,29 +72,27 @@ def main(argv=None) -> pd.DataFrame:
     specs = [s for s in load_prompts(args.prompts) if s.category in args.categories]
     if not specs:
         raise SystemExit(f"--categories {args.categories}: no prompt of {args.prompts} has these categories")
-    bundle = load_model(args.model, torch.device("cpu"), torch.float32)
+    pipe = AsyncPipeline.from_pretrained(args.model, device="cpu")
     settings = SamplingSettings(steps=args.steps, guidance_scale=args.guidance, mask_resolution=args.resolution,
                                 mask_threshold=args.threshold)
-    sampler = AsyncSampler(bundle, settings)
-    grid = sampler.mask_grid
     seeds = [args.seed + j for j in range(args.seeds)]
+    grid = None
 
     rows, missing = [], 0
     for spec in specs:
         objects = parse_prompt(spec.prompt).objects
-        tokens = item_token_positions(bundle.tokenizer, spec)
-        embeddings = sampler.encode(spec.prompt, len(seeds))
+        recorder = RecordItemMaps()
+        outputs = pipe.generate(spec, seeds, settings, args.variants, callbacks=[recorder])
+        grid = recorder.grid
         for variant in args.variants:
-            result = sampler.sample_variant(variant, embeddings, seeds, tokens, spec.k, record_item_maps=True)
-            images = sampler.decode(result.latents)
-            for b, image in enumerate(images):
+            for b, image in enumerate(outputs[variant].images):
                 labels = colour_labels(image)
                 for item, (colour, _shape, _count) in enumerate(objects[: len(spec.items)]):
                     cells = colour_cells(labels, colour, grid)
                     if not cells.any():
                         missing += variant == args.variants[0]
                         continue
-                    for step, maps in enumerate(result.item_maps):
+                    for step, maps in enumerate(recorder.maps[variant]):
                         item_map = maps[b, item].reshape(grid).numpy()
                         rows.append({"variant": variant, "step": step, "category": spec.category,
                                      **map_scores(item_map, cells, args.threshold)})

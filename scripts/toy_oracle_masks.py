@@ -25,12 +25,11 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from asyndm import AsyncPipeline  # noqa: E402
 from asyndm.masks import BACKGROUND  # noqa: E402
-from asyndm.models import load_model  # noqa: E402
 from asyndm.prompts import load_prompts  # noqa: E402
-from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
+from asyndm.sampler import SamplingSettings  # noqa: E402
 from asyndm.shapes_world import parse_prompt  # noqa: E402
-from asyndm.tokens import item_token_positions  # noqa: E402
 from evaluation.shapes import colour_cells, colour_labels, detect, score_image  # noqa: E402
 from evaluation.summary import format_summary, summarize  # noqa: E402
 
@@ -66,20 +65,17 @@ def main(argv=None) -> pd.DataFrame:
     args = parser.parse_args(argv)
 
     specs = load_prompts(args.prompts, limit=args.limit, k=args.k)
-    bundle = load_model(args.model, torch.device("cpu"), torch.float32)
-    sampler = AsyncSampler(bundle, SamplingSettings(steps=args.steps, guidance_scale=args.guidance))
+    pipe = AsyncPipeline.from_pretrained(args.model, device="cpu")
+    settings = SamplingSettings(steps=args.steps, guidance_scale=args.guidance)
+    latent = pipe.backend.latent_size
     seeds = [args.seed + j for j in range(args.seeds)]
 
     rows = []
     for spec in specs:
         colours = [colour for colour, _shape, _count in parse_prompt(spec.prompt).objects][: len(spec.items)]
-        tokens = item_token_positions(bundle.tokenizer, spec)
-        embeddings = sampler.encode(spec.prompt, len(seeds))
-        dm_images = sampler.decode(sampler.sample_variant("dm", embeddings, seeds, tokens, spec.k).latents)
-        oracle = torch.stack([oracle_assignment(img, colours, spec.k, bundle.latent_size) for img in dm_images])
-        oracle_images = sampler.decode(
-            sampler.sample_variant("asyndm", embeddings, seeds, tokens, spec.k, fixed_assignment=oracle).latents
-        )
+        dm_images = pipe.generate(spec, seeds, settings, ["dm"])["dm"].images
+        oracle = torch.stack([oracle_assignment(img, colours, spec.k, latent) for img in dm_images])
+        oracle_images = pipe.generate(spec, seeds, settings, ["asyndm"], masks=oracle)["asyndm"].images
         for variant, images in (("dm", dm_images), ("asyndm_oracle", oracle_images)):
             for seed, image in zip(seeds, images):
                 for metric, value in score_image(detect(image), spec.prompt).items():

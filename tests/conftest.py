@@ -14,16 +14,23 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_path():
-    from asyndm.models import build_tiny_pipeline
+    from asyndm.offline.sd import build_tiny_pipeline
 
     return build_tiny_pipeline()
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_path):
-    from asyndm.models import load_model
+def tiny_backend(tiny_path):
+    from asyndm.models import load_backend
 
-    return load_model(str(tiny_path), torch.device("cpu"), torch.float32)
+    return load_backend(str(tiny_path), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_backend, tiny_path):
+    from asyndm import AsyncPipeline
+
+    return AsyncPipeline(tiny_backend, str(tiny_path))
 
 
 @pytest.fixture(scope="module")

@@ -29,21 +29,21 @@ def measured_query_sides(unet, sample, context, timestep=500):
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_bundle):
+def inputs(tiny_backend):
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, *tiny_bundle.latent_size, generator=g)
-    context = torch.randn(2, 77, tiny_bundle.unet.config.cross_attention_dim, generator=g)
+    sample = torch.randn(2, 4, *tiny_backend.latent_size, generator=g)
+    context = torch.randn(2, 77, tiny_backend.unet.config.cross_attention_dim, generator=g)
     return sample, context
 
 
-def test_tiny_model_layers_at_resolution_16_are_those_with_a_16x16_query(tiny_bundle, inputs):
-    assert tiny_bundle.latent_size == (64, 64)
-    sides = measured_query_sides(tiny_bundle.unet, *inputs)
-    assert set(sides) == set(cross_attention_grids(tiny_bundle.unet))
+def test_tiny_model_layers_at_resolution_16_are_those_with_a_16x16_query(tiny_backend, inputs):
+    assert tiny_backend.latent_size == (64, 64)
+    sides = measured_query_sides(tiny_backend.unet, *inputs)
+    assert set(sides) == set(cross_attention_grids(tiny_backend.unet))
     for resolution in sorted(set(sides.values())):
         expected = sorted(name for name, side in sides.items() if side == resolution)
-        assert sorted(capture_layer_names(tiny_bundle.unet, 64, resolution)) == expected
-    at_16 = capture_layer_names(tiny_bundle.unet, 64, 16)
+        assert sorted(capture_layer_names(tiny_backend.unet, 64, resolution)) == expected
+    at_16 = capture_layer_names(tiny_backend.unet, 64, 16)
     assert len(at_16) >= 1 and all(sides[name] == 16 for name in at_16)
 
 
@@ -67,11 +67,11 @@ def test_sd2_shaped_unet_captures_two_down_and_three_up_layers_at_16():
     assert sorted(n.split(".attentions")[0] for n in names) == ["down_blocks.2"] * 2 + ["up_blocks.1"] * 3
 
 
-def test_bad_resolution_lists_the_available_ones(tiny_bundle):
-    sides = sorted({64 // f for f in cross_attention_grids(tiny_bundle.unet).values()})
+def test_bad_resolution_lists_the_available_ones(tiny_backend):
+    sides = sorted({64 // f for f in cross_attention_grids(tiny_backend.unet).values()})
     assert sides == [8, 16, 32]
     with pytest.raises(ValueError, match=r"mask.resolution=12: .* choose one of \[8, 16, 32\]"):
-        capture_layer_names(tiny_bundle.unet, 64, 12)
+        capture_layer_names(tiny_backend.unet, 64, 12)
 
 
 def manual_item_maps(unet, layer_names, sample, context, token_weights, cond_start):
@@ -110,15 +110,15 @@ def token_weights_for(positions, length=77):
 
 
 @pytest.mark.parametrize("cond_start", [0.0, 0.5])
-def test_captured_maps_equal_hand_computed_attention(tiny_bundle, inputs, cond_start):
-    unet = tiny_bundle.unet
+def test_captured_maps_equal_hand_computed_attention(tiny_backend, inputs, cond_start):
+    unet = tiny_backend.unet
     sample, context = inputs
     names = capture_layer_names(unet, 64, 16)
     weights = token_weights_for([[2], [5, 6]])  # item 1 spans two tokens: the mean of their maps
     expected, plain = manual_item_maps(unet, names, sample, context, weights, cond_start)
-    store = AttentionStore(weights, cond_start)
+    store = AttentionStore([[2], [5, 6]])
     with capture_cross_attention(unet, names, store), torch.no_grad():
-        store.enabled = True
+        store.rows = slice(int(len(sample) * cond_start), len(sample))
         out = unet(sample, 500, encoder_hidden_states=context).sample
     captured = store.item_maps()
     assert captured.shape == (2 if cond_start == 0 else 1, 2, 16 * 16)
@@ -126,31 +126,31 @@ def test_captured_maps_equal_hand_computed_attention(tiny_bundle, inputs, cond_s
     assert torch.equal(out, plain), "capturing must not change the UNet output"
 
 
-def test_all_token_maps_sum_to_one_per_pixel(tiny_bundle, inputs):
-    unet = tiny_bundle.unet
-    store = AttentionStore(torch.eye(77), 0.0)  # one "item" per token: a full softmax row per pixel
+def test_all_token_maps_sum_to_one_per_pixel(tiny_backend, inputs):
+    unet = tiny_backend.unet
+    store = AttentionStore([[t] for t in range(77)])  # one "item" per token: a full softmax row per pixel
     with capture_cross_attention(unet, capture_layer_names(unet, 64, 32), store), torch.no_grad():
-        store.enabled = True
+        store.rows = slice(0, 2)
         unet(inputs[0], 500, encoder_hidden_states=inputs[1])
     sums = store.item_maps().sum(dim=1)  # (B, 32*32)
     torch.testing.assert_close(sums, torch.ones_like(sums), rtol=1e-5, atol=1e-5)
     assert store.item_maps().shape == (2, 77, 32 * 32)
 
 
-def test_disabled_store_captures_nothing(tiny_bundle, inputs):
-    store = AttentionStore(token_weights_for([[1]]), 0.0)
-    with capture_cross_attention(tiny_bundle.unet, capture_layer_names(tiny_bundle.unet, 64, 16), store):
+def test_disabled_store_captures_nothing(tiny_backend, inputs):
+    store = AttentionStore([[1]])
+    with capture_cross_attention(tiny_backend.unet, capture_layer_names(tiny_backend.unet, 64, 16), store):
         with torch.no_grad():
-            tiny_bundle.unet(inputs[0], 500, encoder_hidden_states=inputs[1])
+            tiny_backend.unet(inputs[0], 500, encoder_hidden_states=inputs[1])
     with pytest.raises(RuntimeError, match="no cross-attention was captured"):
         store.item_maps()
 
 
-def test_processors_are_restored_on_exit_and_on_error(tiny_bundle):
-    unet = tiny_bundle.unet
+def test_processors_are_restored_on_exit_and_on_error(tiny_backend):
+    unet = tiny_backend.unet
     original = dict(unet.attn_processors)
     names = capture_layer_names(unet, 64, 16)
-    store = AttentionStore(token_weights_for([[1]]), 0.0)
+    store = AttentionStore([[1]])
     with capture_cross_attention(unet, names, store):
         inside = unet.attn_processors
         patched = [n for n in inside if inside[n] is not original[n]]

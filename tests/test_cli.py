@@ -36,6 +36,11 @@ STATIC_EXP = ["model=tiny", "prompts=animal", "prompts.limit=1", "sample.images_
               "mask=static", "curve=exp", "save.masks=true", *SMALL]
 SINGLE_LIN = ["model=tiny", "prompt=a cat eating a sandwich", "items=[cat,sandwich]", "k=[0.7,0.5]", "curve=lin",
               "sample.images_per_prompt=1", "sample.batch_size=1", *SMALL]
+# The reference release's two-file format, with a prompt whose legacy index (word 5, "a") is not
+# the item word's token ("sheep" is token 7 after "car" and ","): the format implies legacy indices.
+LEGACY_PROMPT = "A Red car, and a sheep."
+LEGACY_FILES = {"prompts.json": [LEGACY_PROMPT],
+                "items.json": {"item_idx": {LEGACY_PROMPT: [2, 5]}, "item_k": {LEGACY_PROMPT: [0.5, 0.7]}}}
 # Bad input through the console script's main(), in this process (the heavy imports are paid once):
 # name → (overrides, text the one-line error must contain). "unknown variant" also runs as a real
 # subprocess, for the process's own exit status and stderr.
@@ -85,7 +90,12 @@ def run_cli(args, run_dir):
 def runs(tmp_path_factory, tiny_path):  # tiny_path: the tiny model is built once, before the runs start
     """Start every run of this module at once; wait for all. name → (code, stdout, stderr, run_dir)."""
     base = tmp_path_factory.mktemp("cli")
-    jobs = {"main": MAIN, "static_exp": STATIC_EXP, "single_lin": SINGLE_LIN}
+    for name, content in LEGACY_FILES.items():
+        (base / name).write_text(json.dumps(content))
+    legacy = ["model=tiny", "prompts=custom", f"prompts.file={base / 'prompts.json'}",
+              f"prompts.items_file={base / 'items.json'}", "variants=[asyndm]", "sample.images_per_prompt=1",
+              "sample.batch_size=1", "save.latents=true", *SMALL]
+    jobs = {"main": MAIN, "static_exp": STATIC_EXP, "single_lin": SINGLE_LIN, "legacy_files": legacy}
     jobs["bad_variant"] = [*BAD_ARGS, *BAD["unknown variant"][0]]
     procs = {name: start(args, base / name) for name, args in jobs.items()}
     return {name: (*finish(proc), base / name) for name, proc in procs.items()}
@@ -149,7 +159,7 @@ def test_resolved_config_is_saved(runs):
     assert isinstance(cfg.config_hash, str) and len(cfg.config_hash) >= 8
 
 
-def test_latents_are_float32_c_h_w_and_follow_the_seed_contract(runs, tiny_bundle):
+def test_latents_are_float32_c_h_w_and_follow_the_seed_contract(runs, tiny_backend):
     run_dir = ok(runs, "main")
     files = sorted((run_dir / "latents").iterdir())
     assert [f.name for f in files] == sorted(f"{i:05}_{v}.npy" for i in range(6) for v in VARIANTS)
@@ -158,14 +168,14 @@ def test_latents_are_float32_c_h_w_and_follow_the_seed_contract(runs, tiny_bundl
         assert array.dtype == np.float32 and array.shape == (4, 64, 64)
     # dm images 0, 1, 2 of prompt 0 (batches [0, 1] and [2]) == diffusers' pipeline with seeds 1234..1236
     generators = [torch.Generator("cpu").manual_seed(SEED + j) for j in range(PER_PROMPT)]
-    reference = tiny_bundle.pipe(
+    reference = tiny_backend.pipe(
         specs()[0].prompt, num_images_per_prompt=PER_PROMPT, generator=generators, eta=1.0,
         guidance_scale=5.0, num_inference_steps=STEPS, output_type="latent",
     ).images
     ours = torch.stack([torch.from_numpy(np.load(run_dir / "latents" / f"{j:05}_dm.npy")) for j in range(PER_PROMPT)])
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
     # each image file is its latent decoded
-    pipe = tiny_bundle.pipe
+    pipe = tiny_backend.pipe
     with torch.no_grad():
         decoded = pipe.vae.decode(ours / pipe.vae.config.scaling_factor, return_dict=False)[0]
     pixels = pipe.image_processor.postprocess(decoded, output_type="np")  # (B, H, W, 3) in [0, 1]
@@ -287,6 +297,29 @@ def test_single_prompt_with_the_lin_curve(runs):
     assert diff.max() <= 1
 
 
+def test_python_api_gives_the_cli_latents(runs, tiny_pipe):
+    """The CLI is built on AsyncPipeline: the same settings give the same latents, every variant."""
+    run_dir = ok(runs, "main")
+    spec = specs()[0]
+    out = tiny_pipe(spec.prompt, items=spec.items, k=spec.k, variants=VARIANTS, num_images=2, seed=SEED,
+                    num_inference_steps=STEPS, output_type="latent")
+    for variant in VARIANTS:
+        cli = torch.stack([torch.from_numpy(np.load(run_dir / "latents" / f"{j:05}_{variant}.npy")) for j in (0, 1)])
+        assert torch.equal(out[variant].latents, cli), variant
+    assert out["asyndm"].masks.shape == (2, 64, 64) and out["dm"].masks is None
+
+
+def test_reference_two_file_input_implies_its_legacy_indices(runs, tiny_pipe):
+    run_dir = ok(runs, "legacy_files")
+    cli = torch.from_numpy(np.load(run_dir / "latents" / "00000_asyndm.npy"))[None]
+    common = dict(items=["car", "sheep"], k=[0.5, 0.7], variants=["asyndm"], num_images=1, seed=SEED,
+                  num_inference_steps=STEPS, output_type="latent")
+    legacy = tiny_pipe(LEGACY_PROMPT, item_tokens="legacy", legacy_item_idx=[2, 5], **common)["asyndm"].latents
+    word = tiny_pipe(LEGACY_PROMPT, **common)["asyndm"].latents
+    assert torch.equal(cli, legacy)
+    assert not torch.equal(cli, word), "word and legacy positions differ for this prompt"
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
@@ -306,19 +339,20 @@ def cli_main(monkeypatch, capsys, tmp_path):
 
     Loading a model or tokenizer fails the test: each of these errors must come before either.
     """
+    import asyndm.models
     import asyndm.run
     from asyndm.cli import main
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model (or tokenizer) was loaded before the bad input was reported")
 
-    monkeypatch.setattr(asyndm.run, "load_model", refuse)
+    monkeypatch.setattr(asyndm.run, "load_backend", refuse)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
 
     def call(args, allow_tokenizer=False):
         if not allow_tokenizer:
-            monkeypatch.setattr(asyndm.run, "load_tokenizer", refuse)
+            monkeypatch.setattr(asyndm.models, "load_tokenizer", refuse)
         run_dir = tmp_path / "run"
         monkeypatch.setattr(sys, "argv", ["asyndm", *args, f"run_dir={run_dir}"])
         capsys.readouterr()
@@ -361,3 +395,30 @@ def test_legacy_index_past_the_prompt(cli_main, tmp_path):
     items.write_text(json.dumps({"item_idx": {"a cat eating a sandwich": [1, 5]}, "item_k": {"a cat eating a sandwich": [0.5, 0.5]}}))
     args = [*BAD_ARGS, "prompts=custom", f"prompts.file={prompts}", f"prompts.items_file={items}", "prompts.item_tokens=legacy"]
     one_line_error(*cli_main(args, allow_tokenizer=True), "legacy index 5 of item")
+
+
+def test_a_folder_sampled_before_the_reference_semantics_is_refused(cli_main, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("config_hash: abc1234567\n")  # no sampler_semantics: version 1
+    one_line_error(*cli_main(BAD_ARGS), "sampled by an earlier asyndm")
+
+
+@pytest.mark.parametrize("overrides,mode", [
+    (["prompts=legacy_animal"], "legacy"),
+    (["prompts=custom", "prompts.file=x.json", "prompts.items_file=x_item.json"], "legacy"),
+    (["prompts=custom", "prompts.file=x.json", "prompts.items_file=x_item.json", "prompts.item_tokens=word"], "word"),
+    (["prompts=animal"], "word"),
+    (["experiment=table1_animal"], "legacy"),
+    (["experiment=table1_animal", "prompts.item_tokens=word"], "word"),
+])
+def test_item_token_mode(overrides, mode):
+    from hydra import compose, initialize_config_dir
+
+    from asyndm.config import register_resolvers
+    from asyndm.plan import item_token_mode
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    assert item_token_mode(cfg) == mode

@@ -7,17 +7,19 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from asyndm.curves import CURVES, closed_form, concave_step, linear_step, timesteps_from_state
+from asyndm.curves import CURVES, SEMANTICS, Curves, closed_form, concave_step, linear_step, timesteps_from_state
 
 Y, O = 1000, 1.0  # num_train_timesteps and steps_offset of every SD scheduler
 
 
-def trajectory(curve, k_per_step, num_steps, start=Y + O):
+def trajectory(curve, k_per_step, num_steps, start=Y + O, semantics="reference", dtype=torch.float64):
     """States after 1, 2, ..., N steps and after the final transition: N + 1 values.
 
     ``k_per_step`` gives the k used by each transition (x = steps done before it); k = 0 is linear.
+    float64 states: the curves' shapes, free of float32 rounding (tests/test_curves_reference.py
+    checks the float32 numerics).
     """
-    state = torch.tensor([float(start)], dtype=torch.float64)
+    state = torch.tensor([float(start)], dtype=dtype)
     states = []
     for x in range(num_steps + 1):
         k = k_per_step(x)
@@ -25,7 +27,7 @@ def trajectory(curve, k_per_step, num_steps, start=Y + O):
         if curve == "linear" or k == 0:
             state = linear_step(state, steps_left, O)
         else:
-            state = concave_step(curve, state, steps_left, k, num_steps, Y, O)
+            state = concave_step(curve, state, steps_left, k, num_steps, Y, O, semantics)
         states.append(float(state))
     return states
 
@@ -54,8 +56,9 @@ def test_linear_closed_form_matches_stepping(num_steps):
 @pytest.mark.parametrize("curve", CURVES)
 @pytest.mark.parametrize("k", [0.3, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("num_steps", [4, 7, 10, 25, 50])
-def test_stepping_from_the_start_reproduces_the_closed_form(curve, k, num_steps):
-    states = trajectory(curve, lambda x: k, num_steps)
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_stepping_from_the_start_reproduces_the_closed_form(curve, k, num_steps, semantics):
+    states = trajectory(curve, lambda x: k, num_steps, semantics=semantics)
     expected = closed(curve, k, num_steps, range(1, num_steps + 1))
     assert states[:-1] == pytest.approx(expected, abs=1e-8)
     assert states[-2] == pytest.approx(O, abs=1e-8), "the last model call runs at steps_offset"
@@ -116,24 +119,27 @@ def test_k_zero_is_exactly_linear(curve):
 
 
 @pytest.mark.parametrize("curve", CURVES)
-def test_per_pixel_k_map_acts_pixel_by_pixel(curve):
+def test_transition_gives_each_pixel_its_items_curve(curve):
+    curves = Curves(curve, 50, Y, O, semantics="refit")
     state = torch.full((2, 3), 801.0, dtype=torch.float64)
-    k_map = torch.tensor([[0.0, 0.3, 0.7], [0.7, 0.0, 0.3]], dtype=torch.float64)
-    out = concave_step(curve, state, 40, k_map, 50, Y, O)
-    for k in (0.0, 0.3, 0.7):
-        alone = concave_step(curve, torch.tensor([801.0], dtype=torch.float64), 40, k, 50, Y, O)
-        assert torch.equal(out[k_map == k], alone.expand(2))
+    assignment = torch.tensor([[-1, 0, 1], [1, -1, 0]])
+    k = [0.3, 0.7]
+    out = curves.transition(state, 40, assignment, k)
+    for item, k_item in [(-1, 0.0), (0, 0.3), (1, 0.7)]:
+        alone = concave_step(curve, torch.tensor([801.0], dtype=torch.float64), 40, k_item, 50, Y, O, "refit")
+        assert torch.equal(out[assignment == item], alone.expand(2))
 
 
-def _switching(curve, switch_at, k_before, k_after, num_steps=50):
-    return trajectory(curve, lambda x: k_before if x < switch_at else k_after, num_steps)
+def _switching(curve, switch_at, k_before, k_after, num_steps=50, semantics="reference"):
+    return trajectory(curve, lambda x: k_before if x < switch_at else k_after, num_steps, semantics=semantics)
 
 
+@pytest.mark.parametrize("semantics", SEMANTICS)
 @pytest.mark.parametrize("curve", CURVES)
 @pytest.mark.parametrize("k_before,k_after", [(0.0, 0.7), (0.7, 0.3), (0.3, 0.7), (0.7, 0.0), (0.5, 1.0)])
 @pytest.mark.parametrize("switch_at", [10, 25, 40])
-def test_switching_curve_mid_way_still_ends_at_offset_then_zero(curve, k_before, k_after, switch_at):
-    states = _switching(curve, switch_at, k_before, k_after)
+def test_switching_curve_mid_way_still_ends_at_offset_then_zero(curve, k_before, k_after, switch_at, semantics):
+    states = _switching(curve, switch_at, k_before, k_after, semantics=semantics)
     before = closed(curve if k_before else "linear", k_before, 50, range(1, switch_at + 1))
     assert states[:switch_at] == pytest.approx(before, abs=1e-8), "unchanged up to the switch"
     assert states[-2] == pytest.approx(O, abs=1e-8)
@@ -154,10 +160,25 @@ def test_bin_switch_follows_the_translated_parabola(k_before, k_after):
 
 
 @pytest.mark.parametrize("k_before,k_after", [(0.0, 0.7), (0.7, 0.3)])
-def test_exp_switch_follows_a_translated_exponential(k_before, k_after):
-    # After the switch: s(x) = a·e^{x/N} + b·x + c with the new a = -k·Y/(e-1); b, c fitted to two points.
-    num_steps, x0 = 50, 20
+def test_exp_switch_translates_the_fixed_shape_along_x(k_before, k_after):
+    # Reference (§3): after the switch s(x) = a·e^{(x-d)/N} + b·x + c with the new k's a and b
+    # = -(1-k)·Y/N both fixed: s(x) - b·x is A·e^{x/N} + c, so its increments grow by e^{1/N} a step.
+    num_steps, x0, k = 50, 20, k_after
     states = [Y + O] + _switching("exp", x0, k_before, k_after, num_steps)[:-1]
+    b = -(1 - k) * Y / num_steps
+    residual = [states[x] - b * x for x in range(x0, 51)]
+    increments = [r1 - r0 for r0, r1 in zip(residual, residual[1:])]
+    ratios = [i1 / i0 for i0, i1 in zip(increments, increments[1:])]
+    assert ratios == pytest.approx([math.exp(1 / num_steps)] * len(ratios), rel=1e-7)
+    # the shape's own coefficient: A = a·e^{-d/N} < 0, the curve stays concave
+    assert increments[0] < 0
+
+
+@pytest.mark.parametrize("k_before,k_after", [(0.0, 0.7), (0.7, 0.3)])
+def test_exp_refit_keeps_a_and_refits_the_linear_coefficient(k_before, k_after):
+    # refit semantics: s(x) = a·e^{x/N} + b·x + c with the new a = -k·Y/(e-1); b, c fitted to two points.
+    num_steps, x0 = 50, 20
+    states = [Y + O] + _switching("exp", x0, k_before, k_after, num_steps, semantics="refit")[:-1]
     a = -k_after * Y / (math.e - 1)
     residual = [states[x] - a * math.exp(x / num_steps) for x in range(x0, 51)]  # must be linear in x
     slopes = [r1 - r0 for r0, r1 in zip(residual, residual[1:])]
@@ -174,11 +195,20 @@ def test_lin_switch_takes_gentle_then_steep_drops():
     assert drops[20:] == pytest.approx([steep] * 20)
 
 
-def test_lin_state_above_every_curve_of_the_new_k_goes_straight():
-    # Late on k = 0.7 (x = 40, state 341) and switched to k = 0.3: even the steep slope 26/step cannot
-    # drop 340 in 10 steps, so the pixel takes the straight line to o (and still ends there).
+def test_lin_state_above_the_steep_line_jumps_onto_it():
+    # Late on k = 0.7 (x = 40, state 341) and switched to k = 0.3: the steep line that reaches o in
+    # 10 steps (slope 26) is at 1 + 26·9 = 235 one step on, so the reference clamps the pixel there.
     num_steps = 50
     states = [Y + O] + _switching("lin", 40, 0.7, 0.3, num_steps)[:-1]
+    assert states[40] == pytest.approx(341.0)
+    assert states[41:] == pytest.approx([1.0 + 26.0 * (9 - i) for i in range(10)])
+
+
+def test_lin_refit_takes_the_straight_line_where_no_curve_of_its_k_passes():
+    # refit semantics: even the steep slope 26/step cannot drop 340 in 10 steps, so the pixel takes
+    # the straight line to o (and still ends there).
+    num_steps = 50
+    states = [Y + O] + _switching("lin", 40, 0.7, 0.3, num_steps, semantics="refit")[:-1]
     assert states[40] == pytest.approx(341.0)
     assert states[40:] == pytest.approx([341.0 - 34.0 * i for i in range(11)])
 

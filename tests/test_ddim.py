@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asyndm.ddim import ddim_step, split_prediction
-from asyndm.models import sd_ddim_scheduler
+from asyndm.offline.sd import sd_ddim_scheduler
 
 SHAPE = (2, 4, 8, 8)
 

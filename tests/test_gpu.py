@@ -9,21 +9,22 @@ import warnings
 import pytest
 import torch
 
-from asyndm.models import load_model
+from asyndm.backends import ItemTokens
+from asyndm.models import load_backend
 from asyndm.pixel_timesteps import PixelTimestepUNet
 from asyndm.sampler import AsyncSampler, SamplingSettings
 
 pytestmark = pytest.mark.gpu
 
-PROMPT, SEEDS, TOKENS, K = "a cat eating a sandwich", [1234, 1235], [[2], [5]], [0.7, 0.5]
+PROMPT, SEEDS, TOKENS, K = "a cat eating a sandwich", [1234, 1235], ItemTokens([[2], [5]]), [0.7, 0.5]
 # A wrong timestep or coefficient moves latents by O(0.1) or more; fp32 rounding, amplified by ten
 # stochastic steps, stays far below this.
 TOLERANCE = dict(rtol=1e-3, atol=1e-3)
 
 
 @pytest.fixture(scope="module")
-def cuda_bundle(tiny_path):
-    return load_model(str(tiny_path), torch.device("cuda"), torch.float32)
+def cuda_backend(tiny_path):
+    return load_backend(str(tiny_path), torch.device("cuda"), torch.float32)
 
 
 @pytest.fixture
@@ -44,13 +45,13 @@ def pipeline_latents(bundle, steps):
     ).images
 
 
-def test_dm_and_all_linear_asyndm_reproduce_diffusers_on_cuda(cuda_bundle, true_fp32):
-    sampler = AsyncSampler(cuda_bundle, SamplingSettings(steps=10))
+def test_dm_and_all_linear_asyndm_reproduce_diffusers_on_cuda(cuda_backend, true_fp32):
+    sampler = AsyncSampler(cuda_backend, SamplingSettings(steps=10))
     embeddings = sampler.encode(PROMPT, len(SEEDS))
-    reference = pipeline_latents(cuda_bundle, 10)
+    reference = pipeline_latents(cuda_backend, 10)
     dm = sampler.sample_variant("dm", embeddings, SEEDS, TOKENS, K).latents
-    zeros = torch.zeros(len(SEEDS), *cuda_bundle.latent_size, device="cuda")
-    linear = sampler.sample_variant("asyndm", embeddings, SEEDS, TOKENS, K, k_override=zeros).latents
+    background = torch.full((len(SEEDS), *cuda_backend.latent_size), -1, device="cuda")
+    linear = sampler.sample_variant("asyndm", embeddings, SEEDS, TOKENS, K, masks=background).latents
     assert dm.device.type == "cuda"
     gaps = {name: float((x - reference).abs().max()) for name, x in (("dm", dm), ("linear asyndm", linear))}
     for latents in (dm, linear):
@@ -59,7 +60,7 @@ def test_dm_and_all_linear_asyndm_reproduce_diffusers_on_cuda(cuda_bundle, true_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_tabulated_time_embedding_on_cuda(tiny_path, dtype):
-    bundle = load_model(str(tiny_path), torch.device("cuda"), dtype)
+    bundle = load_backend(str(tiny_path), torch.device("cuda"), dtype)
     generator = torch.Generator("cuda").manual_seed(0)
     sample = torch.randn(2, 4, *bundle.latent_size, generator=generator, device="cuda", dtype=dtype)
     context = torch.randn(2, 77, bundle.unet.config.cross_attention_dim, generator=generator, device="cuda", dtype=dtype)
@@ -86,12 +87,12 @@ def _sync_warnings(run) -> int:
 
 
 @pytest.mark.parametrize("variant", ["dm", "dm_concave", "asyndm"])
-def test_step_loop_never_waits_for_the_device(cuda_bundle, variant):
+def test_step_loop_never_waits_for_the_device(cuda_backend, variant):
     """Twice the steps, no more syncs: whatever synchronises happens once, outside the loop."""
     assert _sync_warnings(lambda: torch.ones(1, device="cuda").item()) > 0  # the detector detects
 
     def sample(steps):
-        sampler = AsyncSampler(cuda_bundle, SamplingSettings(steps=steps))
+        sampler = AsyncSampler(cuda_backend, SamplingSettings(steps=steps))
         embeddings = sampler.encode(PROMPT, len(SEEDS))
         return lambda: sampler.sample_variant(variant, embeddings, SEEDS, TOKENS, K)
 

@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from asyndm.masks import (
-    BACKGROUND,
-    initial_assignment,
-    item_assignment,
-    k_map_from_assignment,
-    masks_from_attention,
-    upsample_assignment,
-)
+from asyndm.backends import ItemTokens
+from asyndm.masks import BACKGROUND, item_assignment, masks_from_attention, upsample_assignment
 
 K = torch.tensor([0.3, 0.7])
 
@@ -70,10 +64,7 @@ def test_nearest_upsampling_repeats_each_cell():
         upsample_assignment(cells, 5, 6)
 
 
-def test_k_map_gives_each_pixel_its_items_k_and_zero_to_background():
-    assignment = torch.tensor([[[0, -1], [1, 1]]])
-    k_map = k_map_from_assignment(assignment, torch.tensor([0.3, 0.7], dtype=torch.float64))
-    assert torch.equal(k_map, torch.tensor([[[0.3, 0.0], [0.7, 0.7]]], dtype=torch.float64))
+def test_background_is_minus_one():
     assert BACKGROUND == -1
 
 
@@ -91,7 +82,5 @@ def test_masks_from_flat_captured_maps_end_to_end():
     "positions,expected",
     [([[2], [5]], 1), ([[5], [2]], 0), ([[2], [3, 4], [4]], 1), ([[7, 8], [3]], 0), ([[4]], 0)],
 )
-def test_initial_assignment_is_the_item_with_the_largest_token_index(positions, expected):
-    assignment = initial_assignment(2, 3, 5, positions, "cpu")
-    assert assignment.shape == (2, 3, 5) and assignment.dtype == torch.long
-    assert assignment.unique().tolist() == [expected]
+def test_initial_mask_is_the_item_with_the_largest_token_index(positions, expected):
+    assert ItemTokens(positions).last_item == expected

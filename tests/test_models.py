@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from asyndm.errors import ModelError
-from asyndm.models import load_model, load_tokenizer, model_source, resolve_device, resolve_dtype
+from asyndm.models import load_backend, load_tokenizer, model_source, resolve_device, resolve_dtype
 
 MISSING_HUB_ID = "asyndm-tests/no-such-model"
 
@@ -67,23 +67,23 @@ def test_hub_id_offline_without_cache_fails_fast_with_advice(monkeypatch, loader
         if loader == "tokenizer":
             load_tokenizer(MISSING_HUB_ID)
         else:
-            load_model(MISSING_HUB_ID, torch.device("cpu"), torch.float32)
+            load_backend(MISSING_HUB_ID, torch.device("cpu"), torch.float32)
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert f"model.path={MISSING_HUB_ID}" in message
     assert "model.path=<dir>" in message, "the advice says how to give a local folder"
 
 
-def test_tiny_model_loads_with_sizes_from_its_config(tiny_bundle):
+def test_tiny_model_loads_with_sizes_from_its_config(tiny_backend):
     from diffusers import DDIMScheduler
 
-    assert tiny_bundle.latent_size == (64, 64) == (tiny_bundle.unet.config.sample_size,) * 2
-    assert tiny_bundle.vae_scale_factor == 2
-    assert isinstance(tiny_bundle.scheduler, DDIMScheduler)
-    config = tiny_bundle.scheduler.config
+    assert tiny_backend.latent_size == (64, 64) == (tiny_backend.unet.config.sample_size,) * 2
+    assert tiny_backend.vae_scale_factor == 2
+    assert isinstance(tiny_backend.pipe.scheduler, DDIMScheduler)
+    config = tiny_backend.pipe.scheduler.config
     assert (config.num_train_timesteps, config.steps_offset, config.set_alpha_to_one) == (1000, 1, False)
-    assert tiny_bundle.unet.dtype == torch.float32 and tiny_bundle.device == torch.device("cpu")
-    assert len(tiny_bundle.tokenizer) == 49408
+    assert tiny_backend.unet.dtype == torch.float32 and tiny_backend.device == torch.device("cpu")
+    assert len(tiny_backend.tokenizer) == 49408
 
 
 def test_latent_size_is_read_from_the_unet_config(tiny_path, tmp_path):
@@ -93,8 +93,8 @@ def test_latent_size_is_read_from_the_unet_config(tiny_path, tmp_path):
     config = json.loads(config_file.read_text())
     config["sample_size"] = 32
     config_file.write_text(json.dumps(config))
-    bundle = load_model(model_source(model_cfg(path=str(copy))), torch.device("cpu"), torch.float32)
-    assert bundle.latent_size == (32, 32)
+    backend = load_backend(model_source(model_cfg(path=str(copy))), torch.device("cpu"), torch.float32)
+    assert backend.latent_size == (32, 32) and backend.default_size == (64, 64)
 
 
 def test_device_and_precision_errors_name_the_setting():

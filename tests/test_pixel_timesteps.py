@@ -11,19 +11,19 @@ ATOL = 2e-5  # observed max difference ≈ 2e-6 (matmul order only)
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_bundle):
+def inputs(tiny_backend):
     g = torch.Generator().manual_seed(0)
-    h, w = tiny_bundle.latent_size
-    sample = torch.randn(2, tiny_bundle.unet.config.in_channels, h, w, generator=g)
-    context = torch.randn(2, 77, tiny_bundle.unet.config.cross_attention_dim, generator=g)
+    h, w = tiny_backend.latent_size
+    sample = torch.randn(2, tiny_backend.unet.config.in_channels, h, w, generator=g)
+    context = torch.randn(2, 77, tiny_backend.unet.config.cross_attention_dim, generator=g)
     return sample, context
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_bundle, inputs):
+def plain(tiny_backend, inputs):
     sample, context = inputs
     with torch.no_grad():
-        return {t: tiny_bundle.unet(sample, t, encoder_hidden_states=context).sample for t in (100, 900)}
+        return {t: tiny_backend.unet(sample, t, encoder_hidden_states=context).sample for t in (100, 900)}
 
 
 def all_hooks(module):
@@ -36,9 +36,9 @@ def all_hooks(module):
 
 
 @torch.no_grad()
-def test_constant_map_equals_scalar_timestep_unet(tiny_bundle, inputs, plain):
+def test_constant_map_equals_scalar_timestep_unet(tiny_backend, inputs, plain):
     sample, context = inputs
-    pixel_unet = PixelTimestepUNet(tiny_bundle.unet, 1000)
+    pixel_unet = PixelTimestepUNet(tiny_backend.unet, 1000)
     for t, reference in plain.items():
         out = pixel_unet(sample, torch.full((2, *sample.shape[2:]), t), context).sample
         torch.testing.assert_close(out, reference, rtol=1e-5, atol=ATOL)
@@ -46,22 +46,22 @@ def test_constant_map_equals_scalar_timestep_unet(tiny_bundle, inputs, plain):
 
 
 @torch.no_grad()
-def test_each_batch_element_follows_its_own_map(tiny_bundle, inputs):
+def test_each_batch_element_follows_its_own_map(tiny_backend, inputs):
     # Image 0 all at 900, image 1 all at 100 == diffusers' own per-sample timesteps tensor([900, 100]).
     sample, context = inputs
     pixel_map = torch.full((2, *sample.shape[2:]), 900)
     pixel_map[1] = 100
-    out = PixelTimestepUNet(tiny_bundle.unet, 1000)(sample, pixel_map, context).sample
-    reference = tiny_bundle.unet(sample, torch.tensor([900, 100]), encoder_hidden_states=context).sample
+    out = PixelTimestepUNet(tiny_backend.unet, 1000)(sample, pixel_map, context).sample
+    reference = tiny_backend.unet(sample, torch.tensor([900, 100]), encoder_hidden_states=context).sample
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=ATOL)
 
 
 @torch.no_grad()
-def test_two_halves_each_follow_their_own_timestep(tiny_bundle, inputs, plain):
+def test_two_halves_each_follow_their_own_timestep(tiny_backend, inputs, plain):
     sample, context = inputs
     pixel_map = torch.full((2, *sample.shape[2:]), 900)
     pixel_map[..., 32:] = 100  # left half 900, right half 100
-    out = PixelTimestepUNet(tiny_bundle.unet, 1000)(sample, pixel_map, context).sample
+    out = PixelTimestepUNet(tiny_backend.unet, 1000)(sample, pixel_map, context).sample
     left, right = (slice(0, 24), slice(40, 64))  # away from the seam, where convolutions mix both
 
     def err(region, t):
@@ -74,9 +74,9 @@ def test_two_halves_each_follow_their_own_timestep(tiny_bundle, inputs, plain):
 
 
 @torch.no_grad()
-def test_model_is_restored_after_a_call(tiny_bundle, inputs, plain):
+def test_model_is_restored_after_a_call(tiny_backend, inputs, plain):
     sample, context = inputs
-    unet = tiny_bundle.unet
+    unet = tiny_backend.unet
     processors = dict(unet.attn_processors)
     hooks_before = all_hooks(unet)
     pixel_unet = PixelTimestepUNet(unet, 1000)
@@ -90,23 +90,23 @@ def test_model_is_restored_after_a_call(tiny_bundle, inputs, plain):
 
 
 @torch.no_grad()
-def test_hooks_are_removed_when_the_call_fails(tiny_bundle, inputs):
+def test_hooks_are_removed_when_the_call_fails(tiny_backend, inputs):
     sample, context = inputs
-    pixel_unet = PixelTimestepUNet(tiny_bundle.unet, 1000)
+    pixel_unet = PixelTimestepUNet(tiny_backend.unet, 1000)
     pixel_map = torch.full((2, *sample.shape[2:]), 500)
     with pytest.raises(RuntimeError):
         pixel_unet(sample, pixel_map, context[..., :5])  # wrong cross-attention width
-    assert all_hooks(tiny_bundle.unet) == []
+    assert all_hooks(tiny_backend.unet) == []
     with pytest.raises(KeyError):
         with pixel_unet.active(pixel_map):
             raise KeyError("inside")
-    assert all_hooks(tiny_bundle.unet) == []
+    assert all_hooks(tiny_backend.unet) == []
 
 
-def test_map_shape_must_match_latents(tiny_bundle, inputs):
+def test_map_shape_must_match_latents(tiny_backend, inputs):
     sample, context = inputs
     with pytest.raises(ValueError, match=r"timestep map shape \(2, 32, 32\)"):
-        PixelTimestepUNet(tiny_bundle.unet, 1000)(sample, torch.zeros(2, 32, 32, dtype=torch.long), context)
+        PixelTimestepUNet(tiny_backend.unet, 1000)(sample, torch.zeros(2, 32, 32, dtype=torch.long), context)
 
 
 def test_block_subsampling_takes_the_top_left_pixel_of_each_cell():

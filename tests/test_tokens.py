@@ -5,7 +5,8 @@ import pytest
 from asyndm.config import CONF_DIR
 from asyndm.errors import PromptError
 from asyndm.prompts import PromptSpec, load_prompts
-from asyndm.tokens import item_token_positions, prompt_token_ids
+from asyndm.tokens import item_token_positions as positions_of_words
+from asyndm.tokens import prompt_token_ids
 
 SETS = ("animal", "drawbench", "geneval", "mscoco")
 
@@ -19,6 +20,10 @@ def tokenizer(tiny_path):
 
 def spec(prompt, items, legacy=None):
     return PromptSpec(0, prompt, items, [0.5] * len(items), legacy)
+
+
+def item_token_positions(tokenizer, s: PromptSpec, mode="word"):
+    return positions_of_words(tokenizer, s.prompt, s.items, s.legacy_item_idx, mode)
 
 
 def tokens_at(tokenizer, prompt, positions):

@@ -45,25 +45,26 @@ def test_training_conditioning_equals_the_pipelines(small_pipe):
 def test_saved_folder_loads_back(small_pipe, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from asyndm.models import bundle_from_pipeline, load_tokenizer
+    from asyndm.backends import StableDiffusionBackend
+    from asyndm.models import load_tokenizer
 
     small_pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["vae"] == [None, None]
     assert len(load_tokenizer(str(tmp_path))) >= 1000
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path, vae=None, safety_checker=None, feature_extractor=None,
                                                    image_encoder=None, requires_safety_checker=False)
-    bundle = bundle_from_pipeline(pipe, torch.device("cpu"), torch.float32)
-    assert bundle.latent_size == (32, 32) and bundle.vae_scale_factor == 1
+    backend = StableDiffusionBackend(pipe, torch.device("cpu"), torch.float32)
+    assert backend.latent_size == (32, 32) and backend.vae_scale_factor == 1
     for a, b in zip(pipe.unet.parameters(), small_pipe.unet.parameters()):
         assert torch.equal(a, b)
 
 
-def test_load_model_loads_a_vae_less_folder(small_pipe, tmp_path):
-    from asyndm.models import load_model
+def test_load_backend_loads_a_vae_less_folder(small_pipe, tmp_path):
+    from asyndm.models import load_backend
 
     small_pipe.save_pretrained(tmp_path)
-    bundle = load_model(str(tmp_path), torch.device("cpu"), torch.float32)
-    assert bundle.pipe.vae is None and bundle.latent_size == (32, 32) and bundle.vae_scale_factor == 1
+    backend = load_backend(str(tmp_path), torch.device("cpu"), torch.float32)
+    assert backend.pipe.vae is None and backend.latent_size == (32, 32) and backend.vae_scale_factor == 1
 
 
 def test_learning_rate_schedule():

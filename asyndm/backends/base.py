@@ -1,0 +1,213 @@
+"""What a model family must provide so that one sampling loop serves them all (METHOD.md §9).
+
+A backend owns everything that differs between families: prompt encoding, initial latents, the
+model call with a per-pixel (per-token) timestep map, attention capture for masks, the update step
+(DDIM today, flow-matching Euler next), decoding, and the map from a curve state to what the model
+sees. The loop (asyndm/sampler.py) never asks which family it drives.
+
+Curve states live in the scheduler's own timestep space (§9): a (B, h, w) float tensor per step,
+one value per cell of the timestep grid (latent pixels for UNets, image tokens for transformers).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class TextConditioning:
+    """What one text (the prompt, or the negative prompt) gives the model, per sample of a batch.
+
+    ``tensors`` holds the family's keyword arguments for the model call, every one with the batch as
+    its first dimension (SD: ``encoder_hidden_states``; SDXL adds pooled embeddings and size ids).
+    """
+
+    tensors: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    @staticmethod
+    def cat(parts: list["TextConditioning"]) -> "TextConditioning":
+        """One batch from several (guidance stacks [negative; positive])."""
+        return TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in parts[0].tensors})
+
+
+@dataclass
+class PromptConditioning:
+    """The prompt's conditioning and, under classifier-free guidance, the negative prompt's."""
+
+    positive: TextConditioning
+    negative: TextConditioning | None = None
+
+
+@dataclass(frozen=True)
+class ItemTokens:
+    """Where each item's words sit in the prompt's token sequence (METHOD.md §6).
+
+    ``positions[i]`` lists item i's token positions in the first text encoder's sequence (several
+    when the tokenizer splits the word: their maps are averaged). Families whose attention also
+    sees other encoders' tokens (SD3's T5) keep those in ``extra``.
+    """
+
+    positions: list[list[int]]
+    extra: dict[str, list[list[int]]] = field(default_factory=dict)
+
+    @property
+    def last_item(self) -> int:
+        """The item with the largest token index: the whole initial dynamic mask (§6). First on ties."""
+        return max(range(len(self.positions)), key=lambda i: max(self.positions[i]))
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Where a family's scheduler puts its N model calls, in its own timestep space (METHOD.md §9).
+
+    The curves start at ``num_train_timesteps + offset`` (Y + o). ``sync_states[i]`` is the state of
+    the scheduler's own i-th call and ``sync_next[i]`` the state its update goes to: what ``dm``
+    follows, exactly as the family's diffusers pipeline does.
+    """
+
+    num_train_timesteps: float
+    offset: float
+    sync_states: torch.Tensor  # (N,)
+    sync_next: torch.Tensor  # (N,)
+
+
+@dataclass
+class Prediction:
+    """The guided model output, and the one the update re-noises with where a rule separates them.
+
+    Plain classifier-free guidance uses one output for both; CFG++ (and similar rules) predict x0
+    from the guided output but point the update's direction along the unconditional one.
+    """
+
+    output: torch.Tensor
+    renoise: torch.Tensor | None = None
+
+
+class ItemAttention(AbstractContextManager):
+    """Capturing attention processors installed on the layers a mask reads (§6, §9).
+
+    Inside the ``with`` block, a model call made with ``capture_rows`` adds the item maps of those
+    batch rows (the conditional half under guidance); ``take()`` returns the last call's maps,
+    averaged over heads and layers: (B, n_items, grid_h * grid_w).
+    """
+
+    grid: tuple[int, int]
+
+    @abstractmethod
+    def take(self) -> torch.Tensor: ...
+
+
+class Backend(ABC):
+    """One model family behind the surface the sampling loop uses."""
+
+    family: ClassVar[str]
+    #: the pipeline classes (model_index.json ``_class_name``) this backend loads
+    pipeline_classes: ClassVar[tuple[str, ...]]
+
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
+        self.pipe = pipe
+        self.device = device
+        self.dtype = dtype
+
+    # --------------------------------------------------------------- sizes
+
+    @property
+    @abstractmethod
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) in pixels that the family's pipeline samples by default."""
+
+    @abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """Shape of one image's latents (without the batch) at that image size."""
+
+    @abstractmethod
+    def map_shape(self, latents: torch.Tensor) -> tuple[int, int]:
+        """(h, w) of the timestep grid for these latents (one state per cell)."""
+
+    # --------------------------------------------------------------- prompts
+
+    @abstractmethod
+    def encode(self, prompt: str, batch: int, negative_prompt: str, guided: bool) -> PromptConditioning:
+        """The prompt's (and under guidance the negative prompt's) conditioning, as the pipeline encodes it."""
+
+    @classmethod
+    @abstractmethod
+    def load_pipeline(cls, source: str, **kwargs):
+        """The family's diffusers pipeline from a folder or hub id (``torch_dtype`` among the kwargs)."""
+
+    @classmethod
+    def item_resolver(cls, source: str):
+        """A function (prompt, items, legacy_item_idx, mode) → ItemTokens that loads only tokenizers,
+        so a prompt set is checked before any weights load. Default: the first CLIP tokenizer."""
+        from ..models import load_tokenizer
+        from ..tokens import item_token_positions
+
+        tokenizer = load_tokenizer(source)
+        return lambda prompt, items, legacy, mode: ItemTokens(item_token_positions(tokenizer, prompt, items, legacy, mode))
+
+    @abstractmethod
+    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
+        """Resolve item words to token positions with the family's own tokenizer(s)."""
+
+    # --------------------------------------------------------------- sampling
+
+    @abstractmethod
+    def initial_latents(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
+        """The starting noise, drawn from one generator per image exactly as the pipeline draws it (§7)."""
+
+    @abstractmethod
+    def timeline(self, num_steps: int) -> Timeline: ...
+
+    @abstractmethod
+    def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
+        """What the model sees for curve states (SD: round(), §3; flow matching: the shifted time)."""
+
+    @abstractmethod
+    def predict(
+        self,
+        latents: torch.Tensor,
+        states: torch.Tensor,
+        text: TextConditioning,
+        uniform: bool,
+        capture_rows: slice | None = None,
+        attention: ItemAttention | None = None,
+    ) -> torch.Tensor:
+        """The model output for ``latents`` with per-cell timesteps from ``states`` (B, h, w).
+
+        ``uniform``: every cell of every image shares one state, so the plain model call is used.
+        ``capture_rows``: the batch rows whose item maps ``attention`` keeps for this call.
+        """
+
+    @abstractmethod
+    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None) -> ItemAttention:
+        """A context manager that captures item maps on a ``resolution``-sided grid (None: the default)."""
+
+    @abstractmethod
+    def step(
+        self,
+        prediction: Prediction,
+        latents: torch.Tensor,
+        states: torch.Tensor,
+        next_states: torch.Tensor,
+        eta: float,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """Move every cell from its state to its next state (element-wise update)."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list:
+        """Latents → PIL images, as the pipeline decodes them."""
+
+    # --------------------------------------------------------------- helpers shared by the families
+
+    def generators(self, seeds: list[int]) -> list[torch.Generator]:
+        """One generator per image, seeded ``seed + j`` on the sampling device (§7)."""
+        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]

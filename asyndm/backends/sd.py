@@ -1,0 +1,189 @@
+"""Stable Diffusion 1.x/2.x (and the toy world's pixel-space model): UNet, CLIP text encoder, DDIM.
+
+Per-pixel timesteps enter through forward hooks on the ResNet blocks (asyndm/pixel_timesteps.py,
+METHOD.md §5), item maps through capturing processors on the cross-attention layers of the mask's
+grid (asyndm/attention.py, §6), and the update is the element-wise DDIM step (asyndm/ddim.py, §4).
+The curves are the reference's: Y = ``num_train_timesteps``, o = ``steps_offset`` (§3).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..attention import AttentionStore, capture_cross_attention, capture_layer_names
+from ..curves import timesteps_from_state
+from ..ddim import ddim_step
+from ..pixel_timesteps import PixelTimestepUNet, check_supported
+from ..tokens import item_token_positions
+from .base import Backend, ItemAttention, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
+
+
+class UNetItemAttention(ItemAttention):
+    """Capturing processors on the ``attn2`` layers whose query grid is the mask's (§6)."""
+
+    def __init__(self, unet, tokens: ItemTokens, latent_hw: tuple[int, int], resolution: int | None):
+        latent_h, latent_w = latent_hw
+        side = resolution or latent_h // 4
+        self.layers = capture_layer_names(unet, latent_h, side)
+        self.grid = (side, side * latent_w // latent_h)
+        self.store = AttentionStore(tokens.positions)
+        self._capture = capture_cross_attention(unet, self.layers, self.store)
+
+    def __enter__(self):
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._capture.__exit__(*exc)
+
+    def arm(self, rows: slice) -> None:
+        self.store.reset()
+        self.store.rows = rows
+
+    def disarm(self) -> None:
+        self.store.rows = None
+
+    def take(self) -> torch.Tensor:
+        return self.store.item_maps()
+
+
+class StableDiffusionBackend(Backend):
+    """``StableDiffusionPipeline`` folders: SD 1.x/2.x checkpoints, the tiny and the toy models."""
+
+    family = "sd"
+    pipeline_classes = ("StableDiffusionPipeline",)
+
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
+        from diffusers import DDIMScheduler
+
+        check_supported(pipe.unet)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.to(device)
+        if pipe.unet.dtype != dtype:  # from_pretrained already applied torch_dtype; cast only in-memory builds
+            pipe.to(dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        super().__init__(pipe, device, dtype)
+        config = pipe.scheduler.config
+        self.num_train_timesteps = int(config.num_train_timesteps)
+        self.prediction_type = config.prediction_type
+        self.alphas = pipe.scheduler.alphas_cumprod.to(device, torch.float32)
+        # on the device: a host tensor here would cost a copy (a sync on CUDA) every step
+        self.final_alpha = torch.as_tensor(pipe.scheduler.final_alpha_cumprod, dtype=torch.float32).to(device)
+        self.pixel_unet = PixelTimestepUNet(pipe.unet, self.num_train_timesteps)
+
+    @classmethod
+    def load_pipeline(cls, source: str, **kwargs):
+        from diffusers import StableDiffusionPipeline
+
+        kwargs.setdefault("safety_checker", None)
+        return StableDiffusionPipeline.from_pretrained(source, requires_safety_checker=False, **kwargs)
+
+    # --------------------------------------------------------------- components
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel; 1 for pixel-space pipelines saved without a VAE."""
+        vae = getattr(self.pipe, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of the latents at the default image size, from the UNet's config."""
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    # --------------------------------------------------------------- sizes
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return tuple(side * self.vae_scale_factor for side in self.latent_size)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        return (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    def map_shape(self, latents: torch.Tensor) -> tuple[int, int]:
+        return tuple(latents.shape[-2:])
+
+    # --------------------------------------------------------------- prompts
+
+    def encode(self, prompt: str, batch: int, negative_prompt: str, guided: bool) -> PromptConditioning:
+        """As ``StableDiffusionPipeline.encode_prompt``: CLIP's last hidden states, (B, L, D)."""
+        positive, negative = self.pipe.encode_prompt(prompt, self.device, batch, guided, negative_prompt)
+        wrap = lambda states: TextConditioning({"encoder_hidden_states": states})  # noqa: E731
+        return PromptConditioning(wrap(positive), wrap(negative) if guided else None)
+
+    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
+        return ItemTokens(item_token_positions(self.tokenizer, prompt, items, legacy_item_idx, mode))
+
+    # --------------------------------------------------------------- sampling
+
+    def initial_latents(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
+        shape = (len(generators), *self.latent_shape(height, width))
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        return latents * self.pipe.scheduler.init_noise_sigma
+
+    def timeline(self, num_steps: int) -> Timeline:
+        """DDIM's own timesteps for dm; its step goes from t to t - Y // N (past 0: the final ᾱ)."""
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(num_steps, device=self.device)
+        states = scheduler.timesteps.to(torch.float32)
+        return Timeline(
+            num_train_timesteps=float(self.num_train_timesteps),
+            offset=float(scheduler.config.steps_offset),
+            sync_states=states,
+            sync_next=states - self.num_train_timesteps // num_steps,
+        )
+
+    def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
+        return timesteps_from_state(states, self.num_train_timesteps)
+
+    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
+        timesteps = self.model_timesteps(states)  # (B, h, w)
+        if attention is not None and capture_rows is not None:
+            attention.arm(capture_rows)
+        try:
+            if uniform:  # every pixel shares one timestep: the plain diffusers call
+                return self.unet(latents, timesteps[0, 0, 0], **text.tensors, return_dict=False)[0]
+            return self.pixel_unet(latents, timesteps, text.tensors["encoder_hidden_states"], return_dict=False)[0]
+        finally:
+            if attention is not None:
+                attention.disarm()
+
+    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None) -> UNetItemAttention:
+        return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
+
+    def _alpha(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """ᾱ per pixel; negative timesteps (diffusers' DDIM past the end) use final_alpha_cumprod."""
+        alphas = self.alphas[timesteps.clamp(0, len(self.alphas) - 1)]
+        return torch.where(timesteps < 0, self.final_alpha, alphas)
+
+    def step(self, prediction: Prediction, latents, states, next_states, eta, generators):
+        """The element-wise DDIM step (§4), noise drawn as diffusers' DDIMScheduler draws it."""
+        output = prediction.output
+        noise = None
+        if eta > 0:
+            noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype).float()
+        alpha_t = self._alpha(torch.round(states).long())[:, None]
+        alpha_prev = self._alpha(torch.round(next_states).long())[:, None]
+        renoise = None if prediction.renoise is None else prediction.renoise.float()
+        return ddim_step(
+            output.float(), latents.float(), alpha_t, alpha_prev, eta, noise, self.prediction_type, renoise
+        ).to(latents.dtype)
+
+    def decode(self, latents: torch.Tensor) -> list:
+        """As the diffusers pipeline decodes (pixel-space models: the latents are the image)."""
+        pipe = self.pipe
+        if getattr(pipe, "vae", None) is None:
+            images = latents
+        else:
+            images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))

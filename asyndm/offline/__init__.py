@@ -1,0 +1,1 @@
+"""Models the project builds itself with random weights (tests, benchmarks, the offline default)."""
