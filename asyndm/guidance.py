@@ -5,7 +5,8 @@ schedule (which pixels follow which curve) and from the update step (the backend
 ``model(latents, states, text, capture_rows=...)``, a backend's ``predict`` with the step's
 ``uniform`` flag and attention capture already bound, as often as it needs, and returns a
 ``Prediction``. ``capture_rows`` names the rows whose item maps make the masks (§6: the
-conditional half of the guidance batch).
+conditional half of the guidance batch). ``context`` (a ``StepContext``) says where the step goes,
+for rules that take extra steps of their own.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Callable, Protocol
 
 import torch
 
-from .backends.base import Prediction, PromptConditioning, TextConditioning
+from .backends.base import Prediction, PromptConditioning, StepContext, TextConditioning
 
 ModelCall = Callable[..., torch.Tensor]
 
 
 class GuidanceRule(Protocol):
     def __call__(self, model: ModelCall, latents: torch.Tensor, states: torch.Tensor,
-                 cond: PromptConditioning) -> Prediction: ...
+                 cond: PromptConditioning, context: StepContext) -> Prediction: ...
 
     @property
     def guided(self) -> bool:
@@ -42,7 +43,7 @@ class ClassifierFreeGuidance:
     def guided(self) -> bool:
         return self.scale > 1
 
-    def __call__(self, model, latents, states, cond) -> Prediction:
+    def __call__(self, model, latents, states, cond, context=None) -> Prediction:
         batch = len(latents)
         if not self.guided:
             return Prediction(model(latents, states, cond.positive, capture_rows=slice(0, batch)))

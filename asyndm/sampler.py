@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .backends.base import Backend, ItemAttention, ItemTokens, PromptConditioning
+from .backends.base import Backend, ItemAttention, ItemTokens, PromptConditioning, StepContext
 from .callbacks import MeanItemMaps, StepInfo
 from .curves import Curves
 from .guidance import GuidanceRule
@@ -77,8 +77,10 @@ def denoise(
     for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
         states = schedule.state(step)  # (B, h, w)
         next_states = schedule.next_state(step)  # t_step → t_step+1 from the masks known now (§6)
-        prediction = guidance(model, latents, states, cond)
-        latents = backend.step(prediction, latents, states, next_states, eta, generators)
+        context = StepContext(step, num_steps, next_states, eta, generators, backend)
+        prediction = guidance(model, latents, states, cond, context)
+        start = latents if prediction.sample is None else prediction.sample  # a rule may move them first
+        latents = backend.step(prediction, start, states, next_states, eta, generators)
         item_maps = attention.take() if attention is not None else None
         schedule.observe(step, item_maps)  # this call's mask first moves call step + 2
         for callback in callbacks:
@@ -100,11 +102,11 @@ class AsyncSampler:
 
     def guidance(self, variant: str) -> GuidanceRule:
         options = self.settings.variant_options.get(variant, {})
-        return get_variant(variant).guidance(self.settings.guidance_scale, options)
+        return get_variant(variant).guidance(self.backend, self.settings.guidance_scale, options)
 
-    def encode(self, prompt: str, batch: int, variants: Sequence[str] = tuple(VARIANTS)) -> PromptConditioning:
+    def encode(self, prompt: str, batch: int, variants: Sequence[str] | None = None) -> PromptConditioning:
         """The prompt's conditioning; the negative prompt's too where a variant's guidance needs it."""
-        guided = any(self.guidance(v).guided for v in variants)
+        guided = any(self.guidance(v).guided for v in (variants or VARIANTS))
         return self.backend.encode(prompt, batch, self.settings.negative_prompt, guided)
 
     def _schedule(self, kind: str, latents, tokens: ItemTokens, item_k: list[float], masks,

@@ -10,26 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .guidance import ClassifierFreeGuidance, GuidanceRule
+from .guidance import GuidanceRule
 
 SCHEDULE_KINDS = ("sync", "concave", "async")
 
 
-def classifier_free(guidance_scale: float, options: Mapping[str, Any]) -> GuidanceRule:
-    return ClassifierFreeGuidance(guidance_scale)
+def family_guidance(backend, guidance_scale: float, options: Mapping[str, Any]) -> GuidanceRule:
+    """The model family's own guidance at the run's scale (classifier-free guidance for SD)."""
+    return backend.guidance_rule(guidance_scale)
 
 
 @dataclass(frozen=True)
 class Variant:
     """``schedule``: ``sync`` (the scheduler's timesteps), ``concave`` (every pixel on the concave
     curve with the largest k) or ``async`` (item pixels concave with their own k, the rest linear).
-    ``guidance(guidance_scale, options)`` builds the rule from the run's scale and the variant's
-    own options (``variant.<name>.*`` in the config)."""
+    ``guidance(backend, guidance_scale, options)`` builds the rule from the backend, the run's
+    scale and the variant's own options (``variant.<name>.*`` in the config)."""
 
     name: str
     schedule: str
     description: str
-    guidance: Callable[[float, Mapping[str, Any]], GuidanceRule] = classifier_free
+    guidance: Callable[[Any, float, Mapping[str, Any]], GuidanceRule] = family_guidance
 
     def __post_init__(self):
         if self.schedule not in SCHEDULE_KINDS:

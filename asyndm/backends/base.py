@@ -27,7 +27,7 @@ class TextConditioning:
     its first dimension (SD: ``encoder_hidden_states``; SDXL adds pooled embeddings and size ids).
     """
 
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # the names the backend's predict reads; batch first
 
     def __len__(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
@@ -81,14 +81,32 @@ class Timeline:
 
 @dataclass
 class Prediction:
-    """The guided model output, and the one the update re-noises with where a rule separates them.
+    """What a guidance rule hands the update step.
 
-    Plain classifier-free guidance uses one output for both; CFG++ (and similar rules) predict x0
-    from the guided output but point the update's direction along the unconditional one.
+    ``output``: the guided model output x̂0 comes from. ``renoise``: the output the update's
+    direction points along, where a rule separates the two (CFG++ uses the unconditional one).
+    ``sample``: the latents the update starts from, where the rule moved them before predicting
+    (Attend-and-Excite's latent update, Z-Sampling's zigzag); None keeps the loop's latents.
     """
 
     output: torch.Tensor
     renoise: torch.Tensor | None = None
+    sample: torch.Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What a guidance rule may need beyond the model call: where this step goes and how to step.
+
+    Rules that take extra denoising or inversion steps (Z-Sampling) call ``backend.step`` with it.
+    """
+
+    step: int
+    num_steps: int
+    next_states: torch.Tensor  # (B, h, w)
+    eta: float
+    generators: list
+    backend: "Backend"
 
 
 class ItemAttention(AbstractContextManager):
@@ -205,6 +223,13 @@ class Backend(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> list:
         """Latents → PIL images, as the pipeline decodes them."""
+
+    def guidance_rule(self, guidance_scale: float):
+        """The family's own guidance at the run's scale (the pipeline's default behaviour): classifier-
+        free guidance here; guidance-distilled families embed the scale instead."""
+        from ..guidance import ClassifierFreeGuidance
+
+        return ClassifierFreeGuidance(guidance_scale)
 
     # --------------------------------------------------------------- helpers shared by the families
 
