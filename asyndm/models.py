@@ -43,8 +43,15 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-# Names that from_pretrained and model.builder accept: models the project builds or ships itself.
-BUILT_IN = ("tiny", "toy")
+# Names that from_pretrained and model.builder accept besides the built offline models
+# (asyndm/offline): the models the project ships.
+SHIPPED = ("toy",)
+
+
+def built_in_names() -> tuple[str, ...]:
+    from .offline import BUILDERS
+
+    return (*BUILDERS, *SHIPPED)
 
 
 def model_source(model_cfg) -> str:
@@ -59,13 +66,13 @@ def model_source(model_cfg) -> str:
 
 def built_in_source(name: str) -> str:
     """The folder of a model the project builds (``tiny``, on first use) or ships (``toy``)."""
-    if name == "tiny":
-        from .offline.sd import build_tiny_pipeline
+    from .offline import BUILDERS
 
-        return str(build_tiny_pipeline())
-    if name == "toy":
-        return str(shipped_model("toy"))
-    raise ModelError(f"model.builder={name}: unknown built-in model; choose one of {', '.join(BUILT_IN)}")
+    if name in BUILDERS:
+        return str(BUILDERS[name]())
+    if name in SHIPPED:
+        return str(shipped_model(name))
+    raise ModelError(f"model.builder={name}: unknown built-in model; choose one of {', '.join(built_in_names())}")
 
 
 def check_source(path: str) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from .backends.base import Backend, ItemTokens
 from .errors import AsyndmError
-from .models import BUILT_IN, built_in_source, check_source, load_backend, resolve_device, resolve_dtype
+from .models import built_in_names, built_in_source, check_source, load_backend, resolve_device, resolve_dtype
 from .prompts import PromptSpec, check_spec
 from .sampler import AsyncSampler, Callback, SamplingSettings
 from .variants import VARIANTS, get_variant
@@ -134,4 +134,4 @@ class AsyncPipeline:
 
 def _built_in(source) -> str | None:
     """The folder of a built-in model name, or None for paths and hub ids."""
-    return built_in_source(str(source)) if str(source) in BUILT_IN else None
+    return built_in_source(str(source)) if str(source) in built_in_names() else None

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.backends import backend_for_pipeline  # noqa: E402
 from asyndm.models import built_in_source, check_source, load_backend, resolve_device, resolve_dtype  # noqa: E402
+from asyndm.offline import BUILDERS  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
@@ -75,7 +76,7 @@ def _rss() -> int:
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
 SHAPED = {"sd21-shaped": sd21_shaped_pipeline}
-BUILT_IN = ("tiny",)
+BUILT_IN = tuple(BUILDERS)
 
 
 def build_backend(model: str, device, dtype):

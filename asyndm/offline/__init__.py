@@ -1,1 +1,17 @@
-"""Models the project builds itself with random weights (tests, benchmarks, the offline default)."""
+"""Models the project builds itself with random weights (tests, benchmarks, the offline default).
+
+``BUILDERS`` maps a built-in model name (``model=tiny``, ``AsyncPipeline.from_pretrained("tiny")``)
+to a function that builds its diffusers folder once, in the cache, and returns the folder. One
+module per model family.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .sd import build_tiny_pipeline
+
+BUILDERS: dict[str, Callable[[], Path]] = {
+    "tiny": build_tiny_pipeline,
+}
