@@ -91,3 +91,33 @@ class MeanItemMaps:
         if not self._maps:
             raise RuntimeError("no item maps were captured")
         return torch.stack(self._maps).mean(dim=0)
+
+
+class TimestepTrace:
+    """Per step, each image's mean model timestep over its item pixels and over the rest.
+
+    Pixels are classed by the variant's final mask (where it has one; otherwise every pixel is
+    background), so the trace shows how the objects' and the background's timesteps moved: what
+    ``timesteps.csv`` of a run folder holds and the report plots beside the theoretical curves.
+    """
+
+    needs_item_maps = False
+
+    def __init__(self):
+        self._maps: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def __call__(self, info: StepInfo) -> None:
+        self._maps[info.variant].append(info.timesteps().float().cpu())
+
+    def rows(self, variant: str, final_masks: torch.Tensor | None) -> list[dict]:
+        """One row per (image position in the batch, step): item_mean (NaN without item pixels),
+        background_mean (NaN without background pixels)."""
+        rows = []
+        for step, maps in enumerate(self._maps[variant]):  # (B, h, w)
+            items = (final_masks.cpu() >= 0) if final_masks is not None else torch.zeros_like(maps, dtype=torch.bool)
+            for position in range(len(maps)):
+                inside, outside = maps[position][items[position]], maps[position][~items[position]]
+                rows.append({"position": position, "step": step,
+                             "item_mean": float(inside.mean()) if inside.numel() else float("nan"),
+                             "background_mean": float(outside.mean()) if outside.numel() else float("nan")})
+        return rows

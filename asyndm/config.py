@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .curves import CURVES, SEMANTICS
 from .errors import ConfigError
 from .sampler import MASK_MODES
 from .variants import VARIANTS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
 
 # What decides the images. Batch size, outputs, evaluation and logging do not, so a rerun that
 # changes only those resumes the same folder.
@@ -54,7 +55,10 @@ def config_hash(cfg: DictConfig) -> str:
         subset[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     for key in UNHASHED_SAMPLE_KEYS:
         (subset.get("sample") or {}).pop(key, None)
+    if "sample" in subset and subset["sample"] is not None:
+        subset["sample"]["generator_device"] = generator_device(cfg)
     prompts = subset.get("prompts") or {}
+    prompts.pop("evaluators", None)
     for key in ("file", "items_file"):
         if prompts.get(key):
             prompts[key] = _file_digest(prompts[key]) or prompts[key]
@@ -67,12 +71,57 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def device_type(cfg: DictConfig) -> str:
+    """cpu or cuda: where the run samples (device=auto: cuda when present)."""
+    device = str(cfg.get("device") or "auto")
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def generator_device(cfg: DictConfig) -> str:
+    """Where the run's noise is drawn (cpu or cuda): the same seeds give other noise on another
+    device, so this is part of the run's identity."""
+    chosen = (cfg.get("sample") or {}).get("generator_device")
+    return str(chosen).split(":")[0] if chosen else device_type(cfg)
+
+
+def add_prompt_evaluators(cfg: DictConfig) -> None:
+    """A prompt set may name the evaluators that judge it (``prompts.evaluators``, the shapes sets:
+    ``shapes``); they join ``eval`` with their own config from conf/eval/ unless already there. A
+    single ``prompt=...`` is not from the set: its evaluators do not apply."""
+    if cfg.get("prompt"):
+        return
+    for name in cfg.prompts.get("evaluators") or []:
+        if name not in (cfg.get("eval") or {}):
+            path = CONF_DIR / "eval" / f"{name}.yaml"
+            if not path.is_file():
+                raise ConfigError(f"prompts.evaluators names '{name}', which has no conf/eval/{name}.yaml")
+            with open_dict(cfg):
+                if cfg.get("eval") is None:
+                    cfg.eval = {}
+                cfg.eval[name] = OmegaConf.load(path)
+
+
+def run_label(cfg: DictConfig) -> str:
+    """What the run samples, for its folder name: the prompt set's name, or the single prompt's words."""
+    prompt = cfg.get("prompt")
+    if prompt:
+        words = re.findall(r"[a-z0-9]+", str(prompt).lower())
+        return "prompt-" + "-".join(words)[:48].rstrip("-")
+    return str(cfg.prompts.name)
+
+
 def register_resolvers() -> None:
-    """``${conf_path:prompts/animal.jsonl}`` and ``${config_hash:}`` for the config files."""
+    """``${conf_path:prompts/animal.jsonl}``, ``${config_hash:}`` and ``${run_label:}`` for the config files."""
     if not OmegaConf.has_resolver("conf_path"):
         OmegaConf.register_new_resolver("conf_path", lambda rel: str(CONF_DIR / rel))
     if not OmegaConf.has_resolver("config_hash"):
         OmegaConf.register_new_resolver("config_hash", lambda *, _root_: config_hash(_root_))
+    if not OmegaConf.has_resolver("run_label"):
+        OmegaConf.register_new_resolver("run_label", lambda *, _root_: run_label(_root_))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -100,6 +149,13 @@ def validate(cfg: DictConfig) -> None:
     _require(s.batch_size >= 1, f"sample.batch_size={s.batch_size}: must be at least 1")
     _require(s.images_per_prompt >= 1, f"sample.images_per_prompt={s.images_per_prompt}: must be at least 1")
     _require(cfg.precision in ("fp32", "fp16", "bf16"), f"precision={cfg.precision}: choose fp32, fp16 or bf16")
+    for side in ("height", "width"):
+        value = s.get(side)
+        _require(value is None or (isinstance(value, int) and value > 0),
+                 f"sample.{side}={value}: a positive number of pixels, or null for the pipeline's default")
+    gen = s.get("generator_device")
+    _require(gen in (None, "cpu", "cuda") or str(gen).startswith("cuda:"),
+             f"sample.generator_device={gen}: choose cpu, cuda or null (the sampling device)")
     _require(
         cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"),
         f"device={cfg.device}: choose auto, cpu or cuda",

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelError
-from .paths import cache_dir, shipped_model  # noqa: F401 - cache_dir re-exported: evaluators build there
+from .paths import cache_dir, shipped_model, shipped_model_names  # noqa: F401 - cache_dir: evaluators build there
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -43,15 +43,12 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-# Names that from_pretrained and model.builder accept besides the built offline models
-# (asyndm/offline): the models the project ships.
-SHIPPED = ("toy",)
-
-
 def built_in_names() -> tuple[str, ...]:
+    """Names that from_pretrained and model.builder accept: the models built offline
+    (asyndm/offline) and the ones that ship with asyndm (models/)."""
     from .offline import BUILDERS
 
-    return (*BUILDERS, *SHIPPED)
+    return (*BUILDERS, *shipped_model_names())
 
 
 def model_source(model_cfg) -> str:
@@ -70,7 +67,7 @@ def built_in_source(name: str) -> str:
 
     if name in BUILDERS:
         return str(BUILDERS[name]())
-    if name in SHIPPED:
+    if name in shipped_model_names():
         return str(shipped_model(name))
     raise ModelError(f"model.builder={name}: unknown built-in model; choose one of {', '.join(built_in_names())}")
 

@@ -131,3 +131,8 @@ def shard_suffix(index: int, count: int) -> str:
 
 def manifest_name(index: int, count: int) -> str:
     return f"manifest{shard_suffix(index, count)}.csv"
+
+
+def timesteps_name(index: int, count: int) -> str:
+    """Each shard traces its own batches' timesteps; the merge concatenates them."""
+    return f"timesteps{shard_suffix(index, count)}.csv"

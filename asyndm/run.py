@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from . import config as config_mod
+from .callbacks import TimestepTrace
 from .errors import ConfigError
+from .history import invocation
 from .models import backend_class, load_backend, model_source, resolve_device, resolve_dtype
 from .outputs import atomic_write_bytes, mask_overlay, save_array, save_image, write_table
 from .pipeline import AsyncPipeline
@@ -34,6 +36,7 @@ from .plan import (
     missing_variants,
     manifest_name,
     plan_batches,
+    timesteps_name,
     shard_batches,
 )
 from .sampler import SamplingSettings
@@ -43,7 +46,7 @@ from .variants import VARIANTS
 log = logging.getLogger(__name__)
 
 
-def check_resumable(run_dir: Path, cfg_hash: str) -> None:
+def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str) -> None:
     """A folder may only be resumed by a run with the same image-deciding settings."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
@@ -54,6 +57,14 @@ def check_resumable(run_dir: Path, cfg_hash: str) -> None:
                 f"run folder {run_dir} was sampled by an earlier asyndm whose asyndm images differ from this "
                 f"version's (its dynamic masks acted one call early and its curves were not the reference's); "
                 f"resuming would mix the two: use another run_dir=... or remove the folder"
+            )
+        if previous is not None and previous != cfg_hash and saved_cfg.get("generator_device") not in (
+            None, generator_device
+        ):
+            raise ConfigError(
+                f"run folder {run_dir} drew its noise on {saved_cfg.generator_device}, this run would draw it on "
+                f"{generator_device}, which gives other images for the same seeds: resume it with "
+                f"sample.generator_device={saved_cfg.generator_device}, or use another run_dir=..."
             )
         if previous is not None and previous != cfg_hash:
             raise ConfigError(
@@ -75,6 +86,9 @@ def sampling_settings(cfg: DictConfig) -> SamplingSettings:
         mask_mode=cfg.mask.name,
         mask_threshold=cfg.mask.threshold,
         mask_resolution=cfg.mask.resolution,
+        height=s.get("height"),
+        width=s.get("width"),
+        generator_device=config_mod.generator_device(cfg),
         show_progress=cfg.progress,
     )
 
@@ -86,11 +100,18 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     source = model_source(cfg.model)
     cfg_hash = config_mod.config_hash(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_resumable(run_dir, cfg_hash)
+    check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg))
 
     # Everything that can fail without weights fails here: the family, then every prompt's items.
     backend_cls = backend_class(source)
     token_mode = item_token_mode(cfg)
+    resolution = cfg.mask.resolution
+    if resolution is not None:
+        available = backend_cls.mask_resolutions(source, cfg.sample.get("height"), cfg.sample.get("width"))
+        if available is not None and resolution not in available:
+            raise ConfigError(f"mask.resolution={resolution}: this model has no attention layer on a "
+                              f"{resolution}-sided grid at this image size; choose one of {available} "
+                              f"(or null: latent side / 4)")
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:
         resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
@@ -103,7 +124,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.update(config_hash=cfg_hash, sampler_semantics=config_mod.SAMPLER_SEMANTICS,
-                    resolved_device=str(device), model_source=source)
+                    resolved_device=str(device), generator_device=config_mod.generator_device(cfg),
+                    model_source=source)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
 
     todo = [b for b in batches if missing_variants(run_dir, b, variants, cfg.save)]
@@ -113,7 +135,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
         settings = sampling_settings(cfg)
         for batch in tqdm(todo, desc="batches", disable=not cfg.progress):
             missing = missing_variants(run_dir, batch, variants, cfg.save)
-            sample_batch(pipe, batch, missing, settings, token_mode, cfg.save, run_dir)
+            sample_batch(pipe, batch, missing, settings, token_mode, cfg.save, run_dir,
+                         run_dir / timesteps_name(cfg.shard.index, cfg.shard.count))
             write_table(manifest_path, manifest_rows(run_dir, batches, variants, cfg_hash))
     manifest = manifest_rows(run_dir, batches, variants, cfg_hash)
     write_table(manifest_path, manifest)
@@ -121,9 +144,14 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
 
 
 def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str], settings: SamplingSettings,
-                 token_mode: str, save_cfg, run_dir: Path) -> None:
-    """Sample ``variants`` for one batch of one prompt and write their files."""
-    outputs = pipe.generate(batch[0].spec, [job.seed for job in batch], settings, variants, token_mode)
+                 token_mode: str, save_cfg, run_dir: Path, timesteps_path: Path) -> None:
+    """Sample ``variants`` for one batch of one prompt and write their files (and timestep traces)."""
+    trace = TimestepTrace()
+    outputs = pipe.generate(batch[0].spec, [job.seed for job in batch], settings, variants, token_mode,
+                            callbacks=[trace])
+    rows = [{"image_idx": batch[row.pop("position")].image_idx, "variant": variant, **row}
+            for variant, out in outputs.items() for row in trace.rows(variant, out.masks)]
+    update_timesteps(timesteps_path, pd.DataFrame(rows))
     for variant, out in outputs.items():
         for position, (job, image) in enumerate(zip(batch, out.images)):
             if not missing_variants(run_dir, [job], [variant], save_cfg):
@@ -136,14 +164,31 @@ def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str]
             save_image(run_dir / image_file(job.image_idx, variant), image)  # last: the image marks it done
 
 
+def update_timesteps(path: Path, rows: pd.DataFrame) -> None:
+    """timesteps.csv: per image, variant and step, the mean timestep of item and background pixels;
+    rows of images sampled again replace their earlier rows."""
+    if path.is_file():
+        old = pd.read_csv(path)
+        keys = set(zip(rows.image_idx, rows.variant))
+        old = old[[(i, v) not in keys for i, v in zip(old.image_idx, old.variant)]]
+        rows = pd.concat([old, rows], ignore_index=True)
+    write_table(path, rows.sort_values(["variant", "image_idx", "step"], kind="stable"))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame | None:
     """Sampling, then evaluation and logging when the config asks for them.
 
     The run's status goes to status.json; in a multirun a failure is recorded there and returns
     None so that the other jobs and the sweep summary go on (asyndm/sweep.py).
     """
+    config_mod.add_prompt_evaluators(cfg)
+    if cfg.get("dry_run"):
+        from .dry_run import dry_run
+
+        dry_run(cfg, run_dir)
+        return None
     manifest = None
-    with sweep_job(run_dir, cfg):
+    with sweep_job(run_dir, cfg), invocation(run_dir, config_mod.device_type(cfg)):
         manifest = sample_run(cfg, run_dir)
         if cfg.shard.count > 1:
             log.info("shard %d of %d done; scoring waits for the merge: python -m asyndm.shard OUT SHARD_DIR...",

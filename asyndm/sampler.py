@@ -47,6 +47,7 @@ class SamplingSettings:
     mask_resolution: int | None = None  # side of the attention grid; None = the backend's default
     height: int | None = None  # image size in pixels; None = the pipeline's default
     width: int | None = None
+    generator_device: str | None = None  # where noise is drawn; None = the sampling device
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
 
@@ -146,7 +147,7 @@ class AsyncSampler:
         if dynamic and s.mask_mode == "static":
             raise ValueError("static masks come from the dm pass of the same seeds: sample with "
                              "AsyncSampler.sample(...), or pass masks=")
-        generators = backend.generators(seeds)
+        generators = backend.generators(seeds, s.generator_device)
         latents = backend.initial_latents(generators, self.height, self.width)
         capture = dynamic or any(getattr(cb, "needs_item_maps", False) for cb in callbacks)
         attention = backend.item_attention(tokens, latents, s.mask_resolution) if capture else None

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from .errors import AsyndmError
@@ -115,6 +116,10 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise MergeError(f"{len(missing)} files of the run are in no shard folder ({', '.join(missing[:3])}{more}): "
                          f"a shard did not finish; rerun its command (it resumes) and merge again")
+    traces = [pd.read_csv(p) for d in shard_dirs for p in sorted(d.glob("timesteps.shard-*-of-*.csv"))]
+    if traces:
+        merged = pd.concat(traces, ignore_index=True).drop_duplicates(["image_idx", "variant", "step"])
+        write_table(out_dir / "timesteps.csv", merged.sort_values(["variant", "image_idx", "step"], kind="stable"))
     atomic_write_bytes(out_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     manifest = manifest_rows(out_dir, batches, variants, str(cfg.config_hash))
     write_table(out_dir / "manifest.csv", manifest)

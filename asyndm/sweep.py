@@ -329,6 +329,11 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("dry_run"):  # every job printed its plan; nothing ran to summarise
+            jobs = planned_jobs(config)
+            count = f"{len(jobs)} jobs" if jobs is not None else "the jobs above"
+            print(f"\ndry run of a sweep: {count} in {sweep_dir}; drop dry_run=true to run them", flush=True)
+            return
         table = write_sweep_summary(sweep_dir, config)
         print(f"\n{sweep_dir / SUMMARY_FILE}:\n{format_sweep_summary(table)}\n", flush=True)
         failed = sorted(set(table.loc[table["status"] == "failed", "job"]))

@@ -55,6 +55,15 @@ BAD = {
     "k count": (["k=[0.5,0.5,0.5]"], "k=[0.5, 0.5, 0.5]"),
     "missing model path": (["model=local", "model.path=/nonexistent/sd-model"], "model.path=/nonexistent/sd-model"),
     "item not in prompt": (["prompt=a cat on a mat", "items=[dog]", "k=0.5"], "item 'dog'"),
+    "unknown experiment": (["experiment=table9"], "unknown experiment 'table9'"),
+    "unknown evaluator": (["eval=[clip_tiny,clipscore]"], "unknown eval 'clipscore'"),
+    "unknown smoke": (["smoke=huge"], "unknown smoke 'huge'"),
+    "unknown smoke, old spelling": (["+smoke=huge"], "unknown smoke 'huge'"),
+    "unknown logger": (["logger=tensorboard"], "unknown logger 'tensorboard'"),
+    "unknown launcher": (["hydra/launcher=ray"], "unknown hydra/launcher 'ray'"),
+    "mask resolution": (["mask.resolution=12"], "mask.resolution=12"),
+    "image size": (["sample.height=-8"], "sample.height=-8"),
+    "generator device": (["sample.generator_device=tpu"], "sample.generator_device=tpu"),
 }
 BAD_ARGS = ["model=tiny", "prompts.limit=2", *SMALL]
 
@@ -213,7 +222,7 @@ def test_no_stray_temporary_files(runs):
 
 
 def file_state(run_dir):
-    skip = {"manifest.csv", "config.yaml", "cli.log", "status.json"}
+    skip = {"manifest.csv", "config.yaml", "asyndm.log", "status.json", "history.jsonl", "timesteps.csv"}
     return {
         p.relative_to(run_dir).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
         for p in run_dir.rglob("*")
@@ -226,6 +235,7 @@ def test_resume_regenerates_only_what_is_missing_byte_identically(runs, tmp_path
     run_dir = tmp_path / "resumed"
     shutil.copytree(original, run_dir)  # copy2 keeps the mtimes
     before = file_state(run_dir)
+    traces = pd.read_csv(run_dir / "timesteps.csv")
     deleted = {  # (image, variant) → its files; one per kind of batch
         (1, "dm"): ["images/00001_dm.png", "latents/00001_dm.npy"],  # in batch [0, 1]; image 0 stays
         (5, "asyndm"): ["images/00005_asyndm.png"],  # the remainder batch [5]
@@ -252,6 +262,10 @@ def test_resume_regenerates_only_what_is_missing_byte_identically(runs, tmp_path
             assert after[name][0] == mtime, f"{name} was rewritten although it was finished"
     manifest = pd.read_csv(run_dir / "manifest.csv")
     assert len(manifest) == 18 and ".00001_dm.png.x7k2q9" not in " ".join(manifest.file)
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "timesteps.csv"), traces)  # resampled rows: same values
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "end", "start", "end"]
+    assert history[-1]["status"] == "completed" and torch.__version__.startswith(history[2]["versions"]["torch"])
 
     # a rerun of the complete folder samples nothing and loads no model
     settled = file_state(run_dir)

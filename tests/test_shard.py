@@ -19,7 +19,7 @@ from asyndm.sweep import job_state
 
 # 2 prompts × 3 images in batches of 2: 4 batches (2 + 1 per prompt); dm and asyndm (dm_concave adds
 # nothing to what is tested here and a third of the time).
-TINY = ["model=tiny", "prompts.limit=2", "sample.images_per_prompt=3", "sample.batch_size=2", "sample.steps=2",
+TINY = ["model=tiny", "prompts=animal", "prompts.limit=2", "sample.images_per_prompt=3", "sample.batch_size=2", "sample.steps=2",
         "variants=[dm,asyndm]", "progress=false", "eval=[]"]
 
 

