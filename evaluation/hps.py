@@ -11,6 +11,7 @@ to a square; nothing is cropped. scripts/parity_hpsv2.py measures the agreement 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -88,7 +89,11 @@ class HpsV2Score:
         model_name, path = resolve_checkpoint(str(checkpoint), str(arch))
         if open_clip.get_model_config(model_name) is None:
             raise ValueError(f"unknown open_clip arch {arch!r}; HPSv2 is ViT-H-14")
-        self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        logging.disable(logging.WARNING)  # open_clip warns "initialized randomly"; the weights come next
+        try:
+            self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        finally:
+            logging.disable(logging.NOTSET)
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         self.model.load_state_dict(state, strict=True)  # the package loads strictly too
