@@ -20,8 +20,9 @@ log = logging.getLogger("asyndm")
 
 # Hydra reports an unknown option of a config group (curve=foo) in many lines with status 1; these
 # project groups get the one-line error and status 2 that every other bad input gets.
-PROJECT_GROUPS = ("model", "curve", "mask", "prompts", "logger")
-_CHOICES = re.compile(r"[\w.-]+(,[\w.-]+)*")  # one option, or a sweep list: curve=bin,lin
+PROJECT_GROUPS = ("model", "curve", "mask", "prompts", "logger", "eval")
+# One option, a sweep list (curve=bin,lin), or a list group's options (eval=[clip,imagereward]).
+_CHOICES = re.compile(r"[\w.-]+(,[\w.-]+)*|\[\s*([\w.-]+(\s*,\s*[\w.-]+)*)?\s*\]")
 
 
 def unknown_group_choice(argv: list[str]) -> str | None:
@@ -33,8 +34,8 @@ def unknown_group_choice(argv: list[str]) -> str | None:
         if not sep or group not in PROJECT_GROUPS or not _CHOICES.fullmatch(value):
             continue
         options = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in options and choice != "null":  # group=null deselects the group
+        for choice in (c.strip() for c in value.strip("[]").split(",")):
+            if choice and choice not in options and choice != "null":  # group=null deselects the group
                 return f"unknown {group} '{choice}': choose {', '.join(f'{group}={o}' for o in options)}"
     return None
 
