@@ -92,3 +92,14 @@ def test_cli_rescores_a_run(tmp_path):
                  "eval.clip.device=cpu"]) == 0
     summary = pd.read_csv(run / "summary.csv")
     assert set(summary.metric) == {"clip/cosine_raw"} and len(summary) == 3
+
+
+def test_cli_scores_a_run_with_the_three_preference_models(tmp_path):
+    run = make_fake_run(tmp_path / "run", seeds=(0, 1))
+    assert main([str(run), "eval=[imagereward_tiny,pickscore_tiny,hpsv2_tiny]", "device=cpu"]) == 0
+    results = pd.read_csv(run / "results.csv")
+    per_metric = results.groupby("metric")["value"]
+    assert per_metric.size().to_dict() == {"imagereward/score": 12, "pickscore/score": 12, "hpsv2/score": 12}
+    assert results["value"].notna().all()
+    summary = pd.read_csv(run / "summary.csv")
+    assert len(summary) == 9 and summary["mean"].notna().all()  # 3 metrics x 3 variants
