@@ -1,14 +1,15 @@
 """`asyndm-eval <run_dir> [eval=[clip] logger=wandb key=value ...]`: evaluate a run again, no resampling.
 
-The run's own config.yaml is the base. Overrides follow Hydra's syntax for the cases that matter
-here: `group=name` or `group=[a,b]` loads conf/<group>/<name>.yaml (honouring `# @package`),
-`group=[]` empties a group, and `key.sub=value` (with or without a leading `+`) sets one value.
+The run's own config.yaml is the base, and the overrides are parsed by Hydra's compose API with
+the project's conf/ folder, exactly as `asyndm` parses them: `eval=[a,b]` selects conf/eval/ files
+(replacing the run's evaluators), `eval=[]` empties the group, `logger=wandb` replaces the logger,
+`key.sub=value` sets a value and `+key=value` adds one. An unknown evaluator or logger gets the
+same one-line error as `asyndm`.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -16,53 +17,39 @@ from omegaconf import DictConfig, OmegaConf
 
 from asyndm.config import CONF_DIR
 
-
-
-def _package(path: Path, group: str) -> str:
-    """Where a group config lands: its `# @package` header, else the group name."""
-    for line in path.read_text().splitlines()[:5]:
-        match = re.match(r"#\s*@package\s+(\S+)", line)
-        if match:
-            return match.group(1)
-    return group
-
-
-def load_group_option(group: str, name: str, conf_dir: Path = CONF_DIR) -> tuple[str, DictConfig]:
-    """(dotted package, content) of conf/<group>/<name>.yaml."""
-    path = conf_dir / group / f"{name}.yaml"
-    if not path.is_file():
-        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        raise FileNotFoundError(f"no config {path} for override {group}={name}; options: {', '.join(options)}")
-    content = OmegaConf.load(path)
-    content.pop("defaults", None)
-    return _package(path, group), content
+PRIMARY = "asyndm_eval_run"
+RUN_OPTION = "_run_"  # the run's own eval/logger content, as an option of those groups
+GROUPS = ("eval", "logger")
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str], conf_dir: Path = CONF_DIR) -> DictConfig:
-    """`cfg` with Hydra-style overrides applied (see module docstring)."""
-    cfg = cfg.copy()
-    dotlist = []
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"override {override!r} is not key=value (e.g. eval=[clip] or logger=wandb)")
-        key, value = override.split("=", 1)
-        key = key.lstrip("+~")
-        if "." not in key and (conf_dir / key).is_dir():
-            names = value.strip()
-            if names.startswith("[") and names.endswith("]"):
-                names = [n.strip() for n in names[1:-1].split(",") if n.strip()]
-                OmegaConf.update(cfg, key, {}, merge=False)
-            else:
-                names = [names]
-            for name in names:
-                package, content = load_group_option(key, name, conf_dir)
-                if package == key and len(names) == 1:
-                    OmegaConf.update(cfg, key, content, merge=False)  # a single-choice group is replaced
-                else:
-                    OmegaConf.update(cfg, package, content, merge=True)
-        else:
-            dotlist.append(f"{key}={value}")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist)) if dotlist else cfg
+    """`cfg` (a run's config.yaml) with Hydra overrides applied by `hydra.compose`.
+
+    The run's `eval` and `logger` nodes become the default options of their groups, so an
+    override replaces them as it would replace a default in `asyndm`, and no override keeps them.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from asyndm.cli import unknown_group_choice
+
+    problem = unknown_group_choice(list(overrides))
+    if problem:
+        raise ValueError(problem)
+    base = OmegaConf.to_container(cfg, resolve=False)
+    base.pop("hydra", None)
+    store = ConfigStore.instance()
+    store.store(group="eval", name=RUN_OPTION, node=base.pop("eval", None) or {}, package="eval")
+    store.store(group="logger", name=RUN_OPTION, node=base.pop("logger", None) or {"name": "none"}, package="logger")
+    store.store(name=PRIMARY, node={"defaults": [{"eval": [RUN_OPTION]}, {"logger": RUN_OPTION}, "_self_"], **base})
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        composed = compose(config_name=PRIMARY, overrides=list(overrides))
+    OmegaConf.set_struct(composed, False)
+    if "eval" not in composed:  # eval=[] leaves the group empty
+        composed.eval = {}
+    return composed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     config_path = args.run_dir / "config.yaml"
     if not config_path.is_file():
         parser.error(f"{config_path} not found; pass a run folder written by `asyndm`")
-    cfg = apply_overrides(OmegaConf.load(config_path), args.overrides)
+    from hydra.errors import HydraException
+
+    try:
+        cfg = apply_overrides(OmegaConf.load(config_path), args.overrides)
+    except (ValueError, HydraException) as error:  # a bad override: one line, as `asyndm` prints
+        print(f"asyndm-eval: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
 
     from evaluation.pipeline import run_after_sampling
 

@@ -1,73 +1,131 @@
-"""ImageReward-v1.0 (METHOD.md §8), through the `image-reward` package — which cannot run beside
-this project's pinned libraries.
+"""ImageReward-v1.0 (METHOD.md §8) in the project's own environment.
 
-`image-reward` 1.5 (the newest on PyPI) needs `timm==0.6.13` (open_clip_torch 3.3 needs
-timm>=1.0.17), imports `apply_chunking_to_forward`, `find_pruneable_heads_and_indices` and
-`prune_linear_layer` from `transformers.modeling_utils` (gone in transformers 5), and imports
-OpenAI's `clip`, which is not on PyPI. So in this environment building the evaluator raises an
-error that says so and how to score ImageReward in a separate environment. Where the package
-does import (transformers 4.x, timm 0.6.13, fairscale 0.4.13, OpenAI clip), the evaluator calls
-`ImageReward.load(checkpoint).score(prompt, image)` per image; the architecture is not copied here.
+The official `ImageReward.pt` and `med_config.json` (hub repo THUDM/ImageReward) load into
+transformers' BLIP classes (`image_reward_model`); prompts go through the official tokenizer
+(`bert-base-uncased` plus BLIP's [DEC] and [ENC] tokens, padded and cut to 35 tokens) and images
+through the official preprocessing (bicubic resize of the short side, centre crop, CLIP's
+normalisation). Scores are on the official scale: the reward standardised by the training set's
+mean and std (paper's animal set: DM 0.754, AsynDM 0.922). scripts/parity_image_reward.py
+measures the agreement with the `image-reward` package (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from evaluation.registry import register
+from evaluation.score_cache import ScoreCache
+from evaluation.weights import hub_file, local_file, looks_like_path
 
 METRIC = "imagereward/score"
 DEFAULT_CHECKPOINT = "ImageReward-v1.0"
-
-INCOMPATIBLE = (
-    "eval.imagereward cannot run in this environment: the `image-reward` package (1.5, the newest) {reason}. "
-    "It pins timm==0.6.13 (open_clip_torch 3.3 needs timm>=1.0.17), imports helpers removed from "
-    "transformers 5 (apply_chunking_to_forward, find_pruneable_heads_and_indices, prune_linear_layer from "
-    "transformers.modeling_utils) and needs OpenAI's `clip` from GitHub. Score ImageReward in a separate "
-    "environment: python -m venv .venv-imagereward && .venv-imagereward/bin/pip install -e . "
-    "'transformers>=4.44,<5' 'open_clip_torch<3' timm==0.6.13 fairscale==0.4.13 image-reward==1.5 "
-    "git+https://github.com/openai/CLIP.git, then run `asyndm-eval <run_dir> eval=[imagereward]` with that "
-    "environment (results.csv gains the imagereward/score rows; other metrics are kept). Or drop imagereward "
-    "from eval=[...]")
+HUB_REPO = "THUDM/ImageReward"
+TOKENIZER = "bert-base-uncased"
+TINY = "tiny"
+VIT_L_HEADS = 16  # ViT-L/16: the head count is the one shape a checkpoint does not record
 
 
-def _import_image_reward(reason_if_missing: str):
-    try:
-        import ImageReward  # noqa: N813  (the package's module name)
-    except ImportError as error:
-        reason = reason_if_missing if isinstance(error, ModuleNotFoundError) and error.name == "ImageReward" \
-            else f"fails to import ({type(error).__name__}: {error})"
-        raise RuntimeError(INCOMPATIBLE.format(reason=reason)) from error
-    return ImageReward
+def resolve_files(checkpoint: str, med_config: str | None) -> tuple[Path, Path]:
+    """(ImageReward.pt, med_config.json) for the config values, failing at once when one is missing.
+
+    `checkpoint` is `ImageReward-v1.0` (the hub repo THUDM/ImageReward), a hub repo id holding
+    both files, a local ImageReward.pt, or `tiny`. `med_config` null takes the file of the same
+    repo, or the med_config.json beside a local checkpoint.
+    """
+    key = "eval.imagereward.checkpoint"
+    if checkpoint == TINY:
+        from evaluation.offline.tiny_image_reward import tiny_image_reward_dir
+
+        folder = tiny_image_reward_dir()
+        return folder / "ImageReward.pt", Path(med_config) if med_config else folder / "med_config.json"
+    fix = f"set {key}=/path/to/ImageReward.pt (with med_config.json beside it), or use eval=[imagereward_tiny] for a test run"
+    if looks_like_path(checkpoint):
+        weights = local_file(checkpoint, key, "ImageReward.pt of hub repo THUDM/ImageReward")
+        config = med_config or str(weights.with_name("med_config.json"))
+    else:
+        repo = HUB_REPO if checkpoint == DEFAULT_CHECKPOINT else checkpoint
+        weights = hub_file(repo, "ImageReward.pt", key, fix)
+        config = med_config or str(hub_file(repo, "med_config.json", key, fix))
+    return weights, local_file(config, "eval.imagereward.med_config", "the med_config.json of THUDM/ImageReward")
+
+
+def load_tokenizer(source: str, vocab_size: int):
+    """BLIP's tokenizer: BERT's WordPiece plus [DEC] (bos) and [ENC], as the official `init_tokenizer`."""
+    from transformers import BertTokenizer
+
+    from evaluation.offline.tiny_image_reward import tiny_image_reward_dir
+    from evaluation.vlm import check_vocab, resolve_model
+
+    source = resolve_model(source, "eval.imagereward.tokenizer", tiny_dir=tiny_image_reward_dir, marker="vocab.txt")
+    tokenizer = BertTokenizer.from_pretrained(source)
+    check_vocab(tokenizer, source)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"tokenizer {source!r} has {len(tokenizer)} tokens but the checkpoint's text encoder "
+                         f"embeds {vocab_size}; use bert-base-uncased (the official tokenizer)")
+    return tokenizer
+
+
+def image_transform(image_size: int):
+    """The official preprocessing: bicubic resize of the short side, centre crop, RGB, CLIP normalisation."""
+    from torchvision import transforms
+
+    from evaluation.image_reward_model import IMAGE_MEAN, IMAGE_STD
+
+    return transforms.Compose([
+        transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(image_size),
+        lambda image: image.convert("RGB"),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGE_MEAN, IMAGE_STD),
+    ])
 
 
 @register("imagereward")
 class ImageRewardScore:
-    """ImageReward-v1.0 reward per (image, prompt), from the `image-reward` package when it imports."""
+    """ImageReward-v1.0 reward per (image, prompt), on the BLIP port of the official checkpoint."""
 
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, med_config: str | None = None,
-                 download_root: str | None = None, device: str = "auto", batch_size: int = 16):
+                 tokenizer: str = TOKENIZER, vision_heads: int = VIT_L_HEADS, batch_size: int = 16,
+                 device: str = "auto"):
+        from evaluation.image_reward_model import MAX_TEXT_TOKENS, load_image_reward
         from evaluation.vlm import pick_device_dtype
 
-        image_reward = _import_image_reward("is not installed")
+        if int(batch_size) < 1:
+            raise ValueError(f"eval.imagereward.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
         self.device, _ = pick_device_dtype(device, "float32")
-        if checkpoint != DEFAULT_CHECKPOINT and not Path(checkpoint).expanduser().is_file():
-            raise FileNotFoundError(f"eval.imagereward.checkpoint={checkpoint!r} is neither {DEFAULT_CHECKPOINT!r} "
-                                    f"nor an existing file; set it to ImageReward.pt (hub: THUDM/ImageReward)")
-        if med_config is not None and not Path(med_config).expanduser().is_file():
-            raise FileNotFoundError(f"eval.imagereward.med_config={med_config!r} does not exist; set it to the "
-                                    f"med_config.json of THUDM/ImageReward, or null to download it")
-        path = checkpoint if checkpoint == DEFAULT_CHECKPOINT else str(Path(checkpoint).expanduser())
-        self.model = image_reward.load(path, device=str(self.device), download_root=download_root,
-                                       med_config=med_config)
+        weights, config = resolve_files(str(checkpoint), med_config)
+        self.model = load_image_reward(weights, config, int(vision_heads)).to(self.device)
+        self.tokenizer = load_tokenizer(str(tokenizer), self.model.text.config.vocab_size)
+        self.max_tokens = MAX_TEXT_TOKENS
+        self.preprocess = image_transform(self.model.vision.config.image_size)
+        self.cache = ScoreCache()
 
     @classmethod
     def metric_names(cls, **cfg) -> list[str]:
         return [METRIC]
 
+    @torch.no_grad()
+    def rewards(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        """The reward of each (image, prompt) pair, computed in batches of `batch_size`."""
+        values: list[float] = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
+            tokens = self.tokenizer(list(prompts[start:start + self.batch_size]), padding="max_length",
+                                    truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            reward = self.model(pixels.to(self.device), tokens["input_ids"].to(self.device),
+                                tokens["attention_mask"].to(self.device))  # (B,)
+            values.extend(reward.cpu().tolist())
+        return values
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> dict[str, list[float]]:
         if len(images) != len(prompts):
             raise ValueError(f"imagereward: got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
-        return {METRIC: [float(self.model.score(p, im.convert("RGB"))) for im, p in zip(images, prompts)]}
+        if not images:
+            return {METRIC: []}
+        return self.cache.score(images, prompts, lambda ims, ps: {METRIC: self.rewards(ims, ps)})

@@ -36,7 +36,7 @@ def run_after_sampling(run_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
     eval_cfg = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True) if cfg.get("eval") else {}
     summary = results = None
     if eval_cfg:
-        results = score_run(run_dir, eval_cfg)
+        results = score_run(run_dir, eval_cfg, device=cfg.get("device"), progress=cfg.get("progress", True))
         summary = summarize(results)
         atomic_write_csv(summary, run_dir / "summary.csv")
         print(f"\n{run_dir}: {len(results)} scores\n{format_summary(summary)}\n", flush=True)

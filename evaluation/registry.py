@@ -46,7 +46,8 @@ def register(name: str) -> Callable[[type], type]:
 
 def _import_builtin_evaluators() -> None:
     # Importing the modules runs their @register decorators.
-    from evaluation import caption_bertscore, clip_score, image_reward, shapes, vlm_judge  # noqa: F401
+    from evaluation import (caption_bertscore, clip_score, hps, image_reward, pickscore, shapes,  # noqa: F401
+                            vlm_judge)
 
 
 def known_evaluators() -> list[str]:

@@ -8,12 +8,14 @@ with; when it changes, that evaluator's metrics are recomputed instead of mixed.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from PIL import Image
+from tqdm.auto import tqdm
 
 from evaluation import registry
 from evaluation.io import (RESULT_COLUMNS, atomic_write_csv, atomic_write_json, read_manifest,
@@ -21,10 +23,38 @@ from evaluation.io import (RESULT_COLUMNS, atomic_write_csv, atomic_write_json, 
 
 META_FILE = "results.meta.json"
 DEFAULT_CHUNK = 32
+# Settings that change where and how fast an evaluator runs, not its scores: changing them keeps results.
+RUNTIME_KEYS = ("device", "batch_size")
 
 
 def _canonical(cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def _scored_by(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluator config that decides its scores."""
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+
+
+def with_run_device(cfg: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """`cfg` on the run's device when it has a `device` setting left at auto (an explicit one wins)."""
+    if device and device != "auto" and cfg.get("device", None) == "auto":
+        return {**cfg, "device": device}
+    return cfg
+
+
+def show_progress(enabled: bool = True) -> bool:
+    """Progress bars only on a terminal: on Slurm or in a pipe they would fill the log with redraws."""
+    return bool(enabled) and sys.stderr.isatty()
+
+
+def quiet_library_bars() -> None:
+    """Silence the weight-loading bars of transformers and huggingface_hub too (off a terminal)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def load_image(path: Path) -> Image.Image:
@@ -46,12 +76,15 @@ def _sorted(results: pd.DataFrame) -> pd.DataFrame:
     return results.sort_values(["metric", "image_idx", "variant"], kind="stable").reset_index(drop=True)[RESULT_COLUMNS]
 
 
-def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None = None) -> pd.DataFrame:
+def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None = None,
+              device: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Score all images of `run_dir` with each evaluator of `eval_cfg` (name -> config); returns results.
 
-    Metrics already in results.csv for an image (from the same evaluator config) are kept, not
-    recomputed. Images are loaded and scored `chunk_size` at a time (default: the evaluator's
-    batch_size), and results.csv is rewritten atomically after each chunk.
+    Metrics already in results.csv for an image (from the same evaluator config, up to
+    RUNTIME_KEYS) are kept, not recomputed. Images are loaded and scored `chunk_size` at a time
+    (default: the evaluator's batch_size), and results.csv is rewritten atomically after each
+    chunk. `device` (the run's) applies to evaluators whose own device is auto; `progress` shows a
+    bar per evaluator when stderr is a terminal.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -63,7 +96,7 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
     for name, cfg in (eval_cfg or {}).items():
         cfg = _canonical(dict(cfg or {}))
         metrics = registry.metric_names(name, cfg)
-        if name in meta and meta[name] != cfg:
+        if name in meta and _scored_by(meta[name]) != _scored_by(cfg):
             stale = results["metric"].isin(metrics)
             if stale.any():
                 warnings.warn(f"eval.{name} config changed since results.csv was written "
@@ -82,8 +115,11 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
             [(i, v) in todo_keys for i, v in zip(results["image_idx"], results["variant"])], index=results.index, dtype=bool)
         results = results[~partial].reset_index(drop=True)
 
-        evaluator = registry.build(name, cfg)
+        if not show_progress(progress):
+            quiet_library_bars()
+        evaluator = registry.build(name, with_run_device(cfg, device))
         step = int(chunk_size or cfg.get("batch_size") or DEFAULT_CHUNK)
+        bar = tqdm(total=len(todo), desc=f"eval.{name}", unit="image", disable=not show_progress(progress))
         for start in range(0, len(todo), step):
             rows = todo.iloc[start:start + step]
             images = [load_image(run_dir / f) for f in rows["file"]]
@@ -104,6 +140,8 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
             results = pd.concat([results, *new], ignore_index=True) if len(results) else pd.concat(new, ignore_index=True)
             atomic_write_csv(_sorted(results), run_dir / "results.csv")
             atomic_write_json(meta, meta_path)
+            bar.update(len(rows))
+        bar.close()
 
     results = _sorted(results)
     atomic_write_csv(results, run_dir / "results.csv")

@@ -24,12 +24,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model(model: str, key: str, tiny_dir: Callable[[], Path] | None = None) -> str:
+def resolve_model(model: str, key: str, tiny_dir: Callable[[], Path] | None = None,
+                  marker: str = "config.json") -> str:
     """Local folder or hub id of a transformers model; `key` names the config key in errors.
 
     `tiny` selects the folder that `tiny_dir()` builds (default: the tiny random Qwen2.5-VL of
-    `tiny_vlm`). A hub id that is not in the local cache fails at once when HF_HUB_OFFLINE is
-    set, instead of deep inside `from_pretrained`.
+    `tiny_vlm`). A hub id whose `marker` file is not in the local cache fails at once when
+    HF_HUB_OFFLINE is set, instead of deep inside `from_pretrained`.
     """
     if model == TINY:
         if tiny_dir is None:
@@ -37,8 +38,8 @@ def resolve_model(model: str, key: str, tiny_dir: Callable[[], Path] | None = No
         return str(tiny_dir())
     path = Path(str(model)).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{key}={model!r} is a folder without config.json; point it at a folder "
+        if not (path / marker).is_file():
+            raise FileNotFoundError(f"{key}={model!r} is a folder without {marker}; point it at a folder "
                                     f"written by save_pretrained (or a downloaded hub snapshot)")
         return str(path)
     if str(model).startswith(("/", ".", "~")) or str(model).count("/") > 1:
@@ -47,7 +48,7 @@ def resolve_model(model: str, key: str, tiny_dir: Callable[[], Path] | None = No
     if _offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(str(model), "config.json"), str):
+        if not isinstance(try_to_load_from_cache(str(model), marker), str):
             raise FileNotFoundError(
                 f"{key}={model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. Download "
                 f"it on a machine with internet (hf download {model}) and copy the cache, or set {key} to a "

@@ -30,8 +30,32 @@ def test_overrides_load_group_configs():
     tiny = apply_overrides(cfg, ["eval=[clip_tiny]"])
     assert tiny.eval.clip.arch == "tiny" and tiny.eval.clip.pretrained == "tiny"
     assert apply_overrides(cfg, ["eval=[]"]).eval == {}
-    with pytest.raises(FileNotFoundError, match="options: .*clip"):
-        apply_overrides(cfg, ["eval=[clop]"])
+    kept = apply_overrides(cfg, ["eval.old.x=2"])  # no group override: the run's own evaluators stay
+    assert kept.eval.old.x == 2 and kept.logger.name == "none"
+    both = apply_overrides(cfg, ["eval=[clip_tiny,imagereward_tiny]", "+eval.clip.extra=1"])
+    assert set(both.eval) == {"clip", "imagereward"} and both.eval.imagereward.checkpoint == "tiny"
+    assert both.eval.clip.extra == 1
+    with pytest.raises(ValueError, match="unknown eval 'clop': choose .*eval=clip,"):
+        apply_overrides(cfg, ["eval=[clip,clop]"])
+
+
+def test_unknown_evaluator_is_the_same_one_line_error_in_both_clis(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from asyndm import cli as asyndm_cli
+
+    run = make_fake_run(tmp_path / "run")
+    assert main([str(run), "eval=[clip_tiny,clop]"]) == 2
+    eval_line = capsys.readouterr().err.strip()
+    monkeypatch.setattr(sys, "argv", ["asyndm", "model=tiny", "eval=[clip_tiny,clop]"])
+    with pytest.raises(SystemExit) as exit_info:
+        asyndm_cli.main()
+    assert exit_info.value.code == 2
+    run_line = capsys.readouterr().err.strip()
+    assert "\n" not in eval_line and eval_line.startswith("asyndm-eval: error: unknown eval 'clop': choose ")
+    assert eval_line.removeprefix("asyndm-eval: ") == run_line.removeprefix("asyndm: ")
+    assert main([str(run), "eval=[clip_tiny]", "eval.clip.no_such_key=1"]) == 2  # Hydra's own errors: one line too
+    assert "+eval.clip.no_such_key=1" in capsys.readouterr().err
 
 
 def test_hydra_composes_the_same_eval_and_logger_groups():
@@ -68,3 +92,14 @@ def test_cli_rescores_a_run(tmp_path):
                  "eval.clip.device=cpu"]) == 0
     summary = pd.read_csv(run / "summary.csv")
     assert set(summary.metric) == {"clip/cosine_raw"} and len(summary) == 3
+
+
+def test_cli_scores_a_run_with_the_three_preference_models(tmp_path):
+    run = make_fake_run(tmp_path / "run", seeds=(0, 1))
+    assert main([str(run), "eval=[imagereward_tiny,pickscore_tiny,hpsv2_tiny]", "device=cpu"]) == 0
+    results = pd.read_csv(run / "results.csv")
+    per_metric = results.groupby("metric")["value"]
+    assert per_metric.size().to_dict() == {"imagereward/score": 12, "pickscore/score": 12, "hpsv2/score": 12}
+    assert results["value"].notna().all()
+    summary = pd.read_csv(run / "summary.csv")
+    assert len(summary) == 9 and summary["mean"].notna().all()  # 3 metrics x 3 variants

@@ -91,3 +91,51 @@ def test_clip_tiny_scores_every_image(run, tmp_path, monkeypatch):
     results = score_run(run, {"clip": {"arch": "tiny", "pretrained": "tiny", "batch_size": 5, "device": "cpu"}})
     assert len(results) == 18 and set(results.metric) == {"clip/cosine_raw"}
     assert results["value"].between(-1, 1).all()
+
+
+@registry.register("record_device")
+class RecordDevice:
+    """Scores 0.0 everywhere; remembers the device it was built with."""
+
+    built_with: list = []
+
+    def __init__(self, device: str = "auto", batch_size: int = 4):
+        type(self).built_with.append(device)
+
+    @classmethod
+    def metric_names(cls, **cfg):
+        return ["test/zero"]
+
+    def score(self, images, prompts):
+        return {"test/zero": [0.0] * len(images)}
+
+
+def test_the_runs_device_applies_unless_the_evaluator_sets_its_own(run):
+    from evaluation.scoring import with_run_device
+
+    assert with_run_device({"device": "auto", "x": 1}, "cpu") == {"device": "cpu", "x": 1}
+    assert with_run_device({"device": "cuda"}, "cpu") == {"device": "cuda"}
+    assert with_run_device({"min_area": 6}, "cpu") == {"min_area": 6}  # no device setting: untouched
+    assert with_run_device({"device": "auto"}, "auto") == {"device": "auto"}
+    RecordDevice.built_with = []
+    score_run(run, {"record_device": {"device": "auto"}}, device="cpu")
+    assert RecordDevice.built_with == ["cpu"]
+
+
+def test_device_and_batch_size_changes_keep_results(run):
+    score_run(run, {"count_calls": {"batch_size": 4}})
+    CountCalls.seen = 0
+    score_run(run, {"count_calls": {"batch_size": 7, "device": "cpu"}})
+    assert CountCalls.seen == 0
+
+
+def test_progress_bar_only_on_a_terminal(run, capsys, monkeypatch):
+    score_run(run, {"count_calls": {}})
+    assert "eval.count_calls" not in capsys.readouterr().err  # pytest's stderr is not a terminal
+    (run / "results.csv").unlink()
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    score_run(run, {"count_calls": {}})
+    assert "eval.count_calls: 100%" in capsys.readouterr().err
+    (run / "results.csv").unlink()
+    score_run(run, {"count_calls": {}}, progress=False)
+    assert "eval.count_calls" not in capsys.readouterr().err

@@ -46,7 +46,7 @@ def make_fake_run(run_dir: Path, prompts: list[str] | None = None, categories: l
     pd.DataFrame(rows).to_csv(run_dir / "manifest.csv", index=False)
     base = {"model": {"name": "tiny"}, "curve": {"name": "concave"}, "mask": {"name": "cross_attention"},
             "prompts": {"name": "animal"}, "seed": 0, "sample": {"steps": 4, "images_per_prompt": len(seeds)},
-            "variants": list(variants), "eval": {}, "logger": {"name": "none"}}
+            "variants": list(variants), "device": "auto", "eval": {}, "logger": {"name": "none"}}
     cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(config or {}))
     OmegaConf.save(cfg, run_dir / "config.yaml")
     return run_dir

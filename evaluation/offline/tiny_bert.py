@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from asyndm.models import cache_dir
+from asyndm.paths import cache_dir
 from evaluation.offline.tiny_vlm import save_folder_atomically
 
 TINY_BERT_VERSION = "v1"
@@ -23,13 +23,18 @@ WORDS = ("a an the of on in with and is cat cats dog eating sandwich playing bas
          "monkey bird photo image").split()
 
 
+def wordpiece_tokens(words=WORDS) -> list[str]:
+    """A small uncased WordPiece vocabulary: special tokens, characters, continuations, whole words."""
+    chars = string.ascii_lowercase + string.digits
+    tokens = SPECIAL_TOKENS + list(chars + string.punctuation) + ["##" + c for c in chars] + list(words)
+    return list(dict.fromkeys(tokens))
+
+
 def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    chars = string.ascii_lowercase + string.digits
-    tokens = SPECIAL_TOKENS + list(chars + string.punctuation) + ["##" + c for c in chars] + WORDS
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    vocab = {token: i for i, token in enumerate(wordpiece_tokens())}
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

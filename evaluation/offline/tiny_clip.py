@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from asyndm.models import cache_dir
+from asyndm.paths import cache_dir
 
 TINY_ARCH = "asyndm-tiny-clip"
 # Bump when the config or the initialisation changes, so that old checkpoints are not reused.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from asyndm.models import cache_dir
+from asyndm.paths import cache_dir
 
 # Bump when the config, tokenizer or initialisation changes, so that old folders are not reused.
 TINY_VLM_VERSION = "v1"
