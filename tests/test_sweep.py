@@ -40,7 +40,7 @@ def test_presets_compose_with_the_paper_settings(name):
     assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"]
     s = cfg.sample
     assert (s.images_per_prompt, s.steps, s.eta, s.guidance_scale, s.negative_prompt) == (32, 50, 1.0, 5.0, "")
-    assert list(cfg.eval) == ["clip", "vlm_judge", "caption_bertscore"] and cfg.eval.clip.arch == "ViT-H-14"
+    assert list(cfg.eval) == ["clip", "imagereward", "vlm_judge", "caption_bertscore"] and cfg.eval.clip.arch == "ViT-H-14"
     assert cfg.eval.vlm_judge.model == cfg.eval.caption_bertscore.model == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert cfg.prompts.name == (name.split("_")[1] if name.startswith("table1_") else "animal")
     assert cfg.sweep_name == name and cfg.hydra.sweep.dir == f"outputs/sweeps/{name}"
