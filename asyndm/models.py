@@ -149,8 +149,16 @@ def load_tokenizer(source: str):
 def load_backend(source: str, device: torch.device, dtype: torch.dtype):
     """Load the pipeline at ``source`` into the backend of its family."""
     cls = backend_class(source)
-    pipe = _from_pretrained(cls.load_pipeline, source, torch_dtype=dtype, **_absent_components(source))
+    pipe = _from_pretrained(cls.load_pipeline, source, **pipeline_dtype(dtype), **_absent_components(source))
     return cls(pipe, device, dtype)
+
+
+def pipeline_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype argument: ``dtype`` where diffusers has it (it deprecates
+    ``torch_dtype``), ``torch_dtype`` in older releases."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
 
 
 def _absent_components(source: str) -> dict[str, None]:
