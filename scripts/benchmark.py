@@ -27,8 +27,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.backends import backend_for_pipeline  # noqa: E402
-from asyndm.models import built_in_source, check_source, load_backend, resolve_device, resolve_dtype  # noqa: E402
-from asyndm.offline import BUILDERS  # noqa: E402
+from asyndm.models import (  # noqa: E402
+    built_in_names,
+    built_in_source,
+    check_source,
+    load_backend,
+    resolve_device,
+    resolve_dtype,
+)
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
@@ -76,7 +82,7 @@ def _rss() -> int:
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
 SHAPED = {"sd21-shaped": sd21_shaped_pipeline}
-BUILT_IN = tuple(BUILDERS)
+BUILT_IN = built_in_names()  # tiny (built offline), toy (shipped), ...
 
 
 def build_backend(model: str, device, dtype):
