@@ -327,7 +327,8 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line(runs):
     code, out, err, run_dir = runs["bad_variant"]
     assert code == 2, f"exit status {code}:\n{err[-2000:]}"
     assert err.strip().splitlines() == [
-        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm]"
+        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm,"
+        "attend_excite,cfgpp,scfg,seg,zsampling], or compose two as schedule+guidance (asyndm+cfgpp)"
     ]
     assert "Loading pipeline components" not in err + out, "the error must come before the model loads"
     assert not (run_dir / "images").exists()
