@@ -25,9 +25,9 @@ class CFGpp:
     The rule returns ε̂_λ as the output and ε_∅ as ``renoise``; the backend's DDIM step does the rest
     per pixel, so CFG++ runs on any schedule (``asyndm+cfgpp``).
 
-    Defaults: ``scale`` λ = 0.6, the official README's text-to-image setting (the paper's
-    λ ∈ [0, 1] range matches CFG's ω ∈ [1, 12.5]). The run's ``sample.guidance_scale`` is not used:
-    λ replaces it. λ = 0 is unconditional DDIM; λ = 1 is the conditional model alone.
+    Defaults: ``scale`` λ = 0.6, the official README's text-to-image setting (its README: λ in
+    [0, 1] has an effect similar to CFG's ω in [1, 12.5]). The run's ``sample.guidance_scale`` is not
+    used: λ replaces it. λ = 0 is unconditional DDIM.
 
     Differences from the official sampler: it is deterministic DDIM (η = 0) and decodes the last
     x̂0; here the run's η applies (σ above; η = 0 gives the official update exactly) and the last
