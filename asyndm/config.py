@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .curves import CURVES, SEMANTICS
 from .errors import ConfigError
 from .sampler import MASK_MODES
-from .variants import VARIANTS
+from .variants import VARIANTS, get_variant, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
 
@@ -23,6 +23,9 @@ UNHASHED_SAMPLE_KEYS = ("batch_size",)
 # The sampler's semantics, part of every run's identity: 2 = the reference's mask timing and curve
 # numerics (METHOD.md §3, §6). Folders sampled by an earlier version are refused, not resumed into.
 SAMPLER_SEMANTICS = 2
+# The paper's variants, and the baselines experiment presets add with baselines=true (paper.yaml).
+PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
+PAPER_BASELINES = ("zsampling", "seg", "scfg", "cfgpp", "attend_excite")
 
 
 def _file_digest(path) -> str | None:
@@ -66,6 +69,9 @@ def config_hash(cfg: DictConfig) -> str:
     model = subset.get("model") or {}
     if model.get("path"):
         model["path"] = _folder_signature(model["path"]) or model["path"]
+    changed = changed_variant_options(cfg)
+    if changed:  # options at their defaults stay out: adding a baseline resumes the same folder
+        subset["variant"] = changed
     subset["sampler_semantics"] = SAMPLER_SEMANTICS
     text = json.dumps(subset, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -114,14 +120,53 @@ def run_label(cfg: DictConfig) -> str:
     return str(cfg.prompts.name)
 
 
+def changed_variant_options(cfg: DictConfig) -> dict:
+    """``variant.<name>.<option>`` values that differ from the variant's defaults, by variant."""
+    node = cfg.get("variant")
+    options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else (node or {})
+    changed = {}
+    for name, values in options.items():
+        defaults = get_variant(name).defaults() if name in VARIANTS else {}
+        diff = {k: v for k, v in (values or {}).items() if k not in defaults or not _same(defaults[k], v)}
+        if diff:
+            changed[name] = diff
+    return changed
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def paper_variants(baselines: bool) -> list[str]:
+    """The experiment presets' variants: the paper's three, and its baselines with ``baselines=true``."""
+    return [*PAPER_VARIANTS, *(PAPER_BASELINES if baselines else ())]
+
+
 def register_resolvers() -> None:
-    """``${conf_path:prompts/animal.jsonl}``, ``${config_hash:}`` and ``${run_label:}`` for the config files."""
+    """``${conf_path:...}``, ``${config_hash:}``, ``${run_label:}`` and ``${paper_variants:...}`` for the configs."""
     if not OmegaConf.has_resolver("conf_path"):
         OmegaConf.register_new_resolver("conf_path", lambda rel: str(CONF_DIR / rel))
     if not OmegaConf.has_resolver("config_hash"):
         OmegaConf.register_new_resolver("config_hash", lambda *, _root_: config_hash(_root_))
     if not OmegaConf.has_resolver("run_label"):
         OmegaConf.register_new_resolver("run_label", lambda *, _root_: run_label(_root_))
+    if not OmegaConf.has_resolver("paper_variants"):
+        OmegaConf.register_new_resolver("paper_variants", lambda baselines: paper_variants(bool(baselines)))
+
+
+def register_variant_configs() -> None:
+    """Config option ``variant=all``: every conf/variant/<name>.yaml, each at ``variant.<name>``.
+
+    Generated from the folder, so a new baseline's config file joins every run's config (and
+    ``variant.<name>.<option>=...`` works on the command line) without an edit to config.yaml.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    names = sorted(path.stem for path in (CONF_DIR / "variant").glob("*.yaml"))
+    ConfigStore.instance().store(group="variant", name="all", node={"defaults": names})
+
+
+register_variant_configs()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -132,10 +177,19 @@ def _require(condition: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check every setting that needs no model, so bad input fails before anything loads."""
     variants = list(cfg.variants)
-    _require(len(variants) > 0, "variants=[] is empty: choose from [dm,dm_concave,asyndm]")
+    _require(len(variants) > 0, f"variants=[] is empty: choose from [{','.join(VARIANTS)}]")
     for v in variants:
-        _require(v in VARIANTS, f"unknown variant '{v}' in variants: choose from [{','.join(VARIANTS)}]")
+        problem = unknown_variant(v, " in variants")
+        _require(problem is None, problem)
     _require(len(set(variants)) == len(variants), f"variants={variants} lists a variant twice")
+    node = cfg.get("variant")
+    for name, options in (OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else {}).items():
+        _require(name in VARIANTS, f"variant.{name}: no variant is named '{name}'; options belong to one of "
+                                   f"[{','.join(n for n in VARIANTS if VARIANTS[n].options)}]")
+        try:
+            VARIANTS[name].check_options(options or {})
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     _require(cfg.curve.name in CURVES, f"unknown curve '{cfg.curve.name}': choose curve=bin, curve=lin or curve=exp")
     semantics = cfg.curve.get("semantics", "reference")
     _require(semantics in SEMANTICS, f"curve.semantics={semantics}: choose {' or '.join(SEMANTICS)} (default reference)")

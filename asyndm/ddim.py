@@ -52,7 +52,7 @@ def ddim_step(
     if renoise_output is not None:
         eps = split_prediction(renoise_output, sample, alpha_t, prediction_type)[1]
     variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
-    sigma = eta * variance.sqrt()
+    sigma = eta * variance.clamp(min=0).sqrt()  # a step up in noise (an inversion, ᾱ_t' < ᾱ_t) has none
     # clamp: rounding can leave -1e-9 where the exact value is 0 (t' = t), which would give NaN
     prev = alpha_prev.sqrt() * x0 + (1 - alpha_prev - sigma**2).clamp(min=0).sqrt() * eps
     if eta > 0:

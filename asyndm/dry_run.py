@@ -13,15 +13,25 @@ from omegaconf import DictConfig
 
 from . import config as config_mod
 from .plan import load_run_prompts, missing_variants, plan_batches, shard_batches
-from .variants import VARIANTS, get_variant
+from .variants import get_variant, ordered
 
 # (model.name, device type) → (seconds per image and model call of plain sampling, where measured).
 MEASURED = {
     ("sd21-base", "cuda"): (0.3275 / 50, "H100, fp16, batch 8, 512 px"),
     ("tiny", "cpu"): (1.5469 / 20, "2-core CPU, one thread, batch 4"),
 }
-# Time of a variant relative to plain sampling (asyndm_over_dm measured 1.035-1.049).
-VARIANT_COST = {"dm": 1.0, "dm_concave": 1.0, "asyndm": 1.05}
+# Time of a variant relative to plain sampling: asyndm_over_dm measured 1.035-1.049; the baselines
+# by their UNet passes per image (docs/baselines.md; Attend-and-Excite by its measured time).
+VARIANT_COST = {"dm": 1.0, "dm_concave": 1.0, "asyndm": 1.05, "cfgpp": 1.0, "scfg": 1.0, "seg": 1.5,
+                "zsampling": 2.47, "attend_excite": 2.5}
+
+
+def variant_cost(name: str) -> float:
+    """A composed variant (asyndm+cfgpp) costs its schedule's and its rule's extra work together."""
+    cost = 1.0
+    for part in name.split("+"):
+        cost *= VARIANT_COST.get(part, 1.0)
+    return cost
 
 
 @dataclass
@@ -40,7 +50,7 @@ class Plan:
 def make_plan(cfg: DictConfig, run_dir: Path, device: str) -> Plan:
     specs = load_run_prompts(cfg)
     s = cfg.sample
-    variants = [v for v in VARIANTS if v in cfg.variants]
+    variants = ordered(cfg.variants)
     batches = shard_batches(plan_batches(specs, s.images_per_prompt, s.batch_size, cfg.seed),
                             cfg.shard.index, cfg.shard.count)
     missing = {v: 0 for v in variants}
@@ -59,7 +69,7 @@ def make_plan(cfg: DictConfig, run_dir: Path, device: str) -> Plan:
     seconds, basis = None, f"no figure measured for model={cfg.model.name} on {device}; time a small run first"
     if measured:
         per_step, where = measured
-        calls = sum(n * VARIANT_COST.get(v, 1.0) for v, n in missing.items()) + extra
+        calls = sum(n * variant_cost(v) for v, n in missing.items()) + extra
         seconds = calls * steps * per_step
         basis = f"from docs/performance.md ({where}), {steps} steps"
     return Plan(len(specs), int(s.images_per_prompt), variants, len(batches), batches_missing, missing, extra,

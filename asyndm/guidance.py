@@ -30,6 +30,31 @@ class GuidanceRule(Protocol):
         """Whether the rule needs the negative prompt's conditioning."""
 
 
+def guidance_passes(model: ModelCall, latents: torch.Tensor, states: torch.Tensor, cond: PromptConditioning,
+                    negative: bool = True, positive: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(ε_negative, ε_positive): the model's outputs under the negative prompt and the prompt, the two
+    batched in one call [negative; positive] where both are asked for. The prompt's rows give the
+    call's item maps (§6); an output not asked for is None."""
+    batch = len(latents)
+    if not negative:
+        return None, model(latents, states, cond.positive, capture_rows=slice(0, batch))
+    if not positive:
+        return model(latents, states, cond.negative), None
+    text = TextConditioning.cat([cond.negative, cond.positive])
+    out = model(torch.cat([latents] * 2), torch.cat([states] * 2), text, capture_rows=slice(batch, 2 * batch))
+    return out.chunk(2)
+
+
+def guided(model: ModelCall, latents: torch.Tensor, states: torch.Tensor, cond: PromptConditioning,
+           scale: float) -> torch.Tensor:
+    """ε_neg + scale·(ε_pos − ε_neg) for any scale, running only the passes it needs (0: the negative
+    pass alone, 1: the prompt's alone). Rules that combine at several scales in one step use it."""
+    negative, positive = guidance_passes(model, latents, states, cond, negative=scale != 1, positive=scale != 0)
+    if positive is None or negative is None:
+        return negative if positive is None else positive
+    return negative + scale * (positive - negative)
+
+
 @dataclass(frozen=True)
 class ClassifierFreeGuidance:
     """ε̂ = ε_uncond + s·(ε_cond − ε_uncond) in one batched call [negative; positive] (§4).
@@ -44,10 +69,5 @@ class ClassifierFreeGuidance:
         return self.scale > 1
 
     def __call__(self, model, latents, states, cond, context=None) -> Prediction:
-        batch = len(latents)
-        if not self.guided:
-            return Prediction(model(latents, states, cond.positive, capture_rows=slice(0, batch)))
-        text = TextConditioning.cat([cond.negative, cond.positive])
-        out = model(torch.cat([latents] * 2), torch.cat([states] * 2), text, capture_rows=slice(batch, 2 * batch))
-        uncond, positive = out.chunk(2)
-        return Prediction(uncond + self.scale * (positive - uncond))
+        uncond, positive = guidance_passes(model, latents, states, cond, negative=self.guided)
+        return Prediction(positive if uncond is None else uncond + self.scale * (positive - uncond))

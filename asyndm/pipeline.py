@@ -24,7 +24,7 @@ from .errors import AsyndmError
 from .models import built_in_names, built_in_source, check_source, load_backend, resolve_device, resolve_dtype
 from .prompts import PromptSpec, check_spec
 from .sampler import AsyncSampler, Callback, SamplingSettings
-from .variants import VARIANTS, get_variant
+from .variants import get_variant
 
 
 @dataclass
@@ -38,7 +38,7 @@ class VariantOutput:
 
 
 class AsyncPipeline:
-    """Paired sampling of dm, dm_concave, asyndm (and any registered variant) with one model."""
+    """Paired sampling of dm, dm_concave, asyndm and the baselines (any registered variant) with one model."""
 
     def __init__(self, backend: Backend, source: str | None = None):
         self.backend = backend
@@ -108,25 +108,27 @@ class AsyncPipeline:
         callbacks: Sequence[Callback] = (),
         output_type: str = "pil",
         show_progress: bool = False,
+        variant_options: dict[str, dict] | None = None,
     ) -> dict[str, VariantOutput]:
         """Sample ``num_images`` paired images per variant (image j: seed ``seed + j``).
 
         ``mask``: ``"dynamic"`` (recomputed after every call), ``"static"`` (from the dm pass), or a
         (num_images, h, w) tensor of item indices (-1 background) that fixes asyndm's masks.
+        ``variant_options``: the baselines' options by variant, e.g. ``{"cfgpp": {"scale": 0.4}}``
+        (unset ones keep their defaults, asyndm/baselines/).
         """
         values = [float(k)] * len(items) if isinstance(k, (int, float)) else [float(v) for v in k]
         spec = PromptSpec(0, prompt, [str(i) for i in items], values,
                           list(legacy_item_idx) if legacy_item_idx is not None else None)
         check_spec(spec, "AsyncPipeline call")
         for name in variants:
-            if name not in VARIANTS:
-                get_variant(name)  # raises with the list of variants
+            get_variant(name)  # raises with the list of variants
         given = mask if isinstance(mask, torch.Tensor) else None
         settings = SamplingSettings(
             steps=num_inference_steps, eta=eta, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
             curve=curve, curve_semantics=curve_semantics, mask_mode="dynamic" if given is not None else mask,
             mask_threshold=mask_threshold, mask_resolution=mask_resolution, height=height, width=width,
-            show_progress=show_progress,
+            variant_options=variant_options or {}, show_progress=show_progress,
         )
         seeds = [seed + j for j in range(num_images)]
         return self.generate(spec, seeds, settings, variants, item_tokens, given, callbacks, output_type)

@@ -41,7 +41,7 @@ from .plan import (
 )
 from .sampler import SamplingSettings
 from .sweep import sweep_job
-from .variants import VARIANTS
+from .variants import ordered
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def sampling_settings(cfg: DictConfig) -> SamplingSettings:
         height=s.get("height"),
         width=s.get("width"),
         generator_device=config_mod.generator_device(cfg),
+        variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # conf/variant/
         show_progress=cfg.progress,
     )
 
@@ -116,7 +117,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     for spec in specs:
         resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
 
-    variants = [v for v in VARIANTS if v in cfg.variants]
+    variants = ordered(cfg.variants)
     s = cfg.sample
     batches = plan_batches(specs, s.images_per_prompt, s.batch_size, cfg.seed)
     batches = shard_batches(batches, cfg.shard.index, cfg.shard.count)  # global image_idx and seeds

@@ -72,13 +72,14 @@ def denoise(
     callbacks: Sequence[Callback] = (),
     variant: str = "",
     show_progress: bool = False,
+    tokens: ItemTokens | None = None,
 ) -> torch.Tensor:
     """One variant's loop over ``num_steps`` model calls; returns the final latents."""
     model = partial(backend.predict, uniform=schedule.uniform, attention=attention)
     for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
         states = schedule.state(step)  # (B, h, w)
         next_states = schedule.next_state(step)  # t_step → t_step+1 from the masks known now (§6)
-        context = StepContext(step, num_steps, next_states, eta, generators, backend)
+        context = StepContext(step, num_steps, next_states, eta, generators, backend, tokens)
         prediction = guidance(model, latents, states, cond, context)
         start = latents if prediction.sample is None else prediction.sample  # a rule may move them first
         latents = backend.step(prediction, start, states, next_states, eta, generators)
@@ -102,8 +103,11 @@ class AsyncSampler:
         self.height, self.width = settings.height or backend.default_size[0], settings.width or backend.default_size[1]
 
     def guidance(self, variant: str) -> GuidanceRule:
-        options = self.settings.variant_options.get(variant, {})
-        return get_variant(variant).guidance(self.backend, self.settings.guidance_scale, options)
+        """The variant's rule with the run's scale and its options (``variant_options[options_name]``)."""
+        spec = get_variant(variant)
+        options = self.settings.variant_options.get(spec.options_name) or {}
+        spec.check_options(options)
+        return spec.guidance(self.backend, self.settings.guidance_scale, options)
 
     def encode(self, prompt: str, batch: int, variants: Sequence[str] | None = None) -> PromptConditioning:
         """The prompt's conditioning; the negative prompt's too where a variant's guidance needs it."""
@@ -154,7 +158,7 @@ class AsyncSampler:
         schedule = self._schedule(kind, latents, tokens, item_k, masks, attention)
         with attention if attention is not None else nullcontext():
             latents = denoise(backend, schedule, self.guidance(variant), cond, latents, generators, s.steps, s.eta,
-                              attention, callbacks, variant, s.show_progress)
+                              attention, callbacks, variant, s.show_progress, tokens)
         return VariantResult(latents=latents, assignment=schedule.assignment if kind == "async" else None)
 
     def static_masks(self, mean_maps: MeanItemMaps, item_k: list[float], latents_hw: tuple[int, int]) -> torch.Tensor:

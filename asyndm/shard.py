@@ -70,7 +70,7 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     """
     from .outputs import atomic_write_bytes, write_table
     from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
-    from .variants import VARIANTS
+    from .variants import ordered
 
     out_dir = Path(out_dir)
     shard_dirs = [Path(d) for d in shard_dirs] or [out_dir]
@@ -101,7 +101,7 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     specs = load_run_prompts(cfg)
     s = cfg.sample
     batches = plan_batches(specs, s.images_per_prompt, s.batch_size, cfg.seed)
-    variants = [v for v in VARIANTS if v in cfg.variants]
+    variants = ordered(cfg.variants)  # as run.py orders them (composed variants too)
     missing = []
     for batch in batches:
         for job in batch:

@@ -33,6 +33,25 @@ def read_manifest(run_dir: Path) -> pd.DataFrame:
     return manifest
 
 
+def mask_file(run_dir: Path, image_idx: int, variant: str) -> Path:
+    return Path(run_dir) / "masks" / f"{int(image_idx):05}_{variant}.png"
+
+
+def grid_columns(run_dir: Path, manifest: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(title, kind, variant) per column of the report's grid and the wandb table: every variant's
+    image (dm first), then the masks of each variant that saved some (asyndm's is titled ``mask``,
+    a composed variant's ``<variant> mask``)."""
+    from evaluation.summary import order_variants
+
+    variants = order_variants(manifest["variant"])
+    columns = [(v, "image", v) for v in variants]
+    for v in variants:
+        idx = manifest.loc[manifest["variant"] == v, "image_idx"]
+        if any(mask_file(run_dir, i, v).is_file() for i in idx):
+            columns.append(("mask" if v == "asyndm" else f"{v} mask", "mask", v))
+    return columns
+
+
 def read_results(run_dir: Path) -> pd.DataFrame:
     """results.csv of a run, or an empty table with its columns."""
     path = Path(run_dir) / "results.csv"

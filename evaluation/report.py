@@ -22,11 +22,18 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from evaluation.io import read_manifest, read_results  # noqa: E402
-from evaluation.summary import ALL, VARIANT_ORDER, format_summary  # noqa: E402
+from evaluation.io import grid_columns, mask_file, read_manifest, read_results  # noqa: E402
+from evaluation.summary import ALL, format_summary, order_variants  # noqa: E402
 
-GRID_COLUMNS = ("dm", "dm_concave", "asyndm", "mask")
 COLORS = {"dm": "#7f7f7f", "dm_concave": "#1f77b4", "asyndm": "#d62728"}
+OTHER_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79")
+
+
+def variant_color(variant: str, variants: list[str]) -> str:
+    """The paper's three keep their colours; every other variant gets the next free one, by order."""
+    others = [v for v in variants if v not in COLORS]
+    return COLORS.get(variant) or OTHER_COLORS[others.index(variant) % len(OTHER_COLORS)]
+
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -53,8 +60,7 @@ def run_label(run_dir: Path, runs: list[Path]) -> str:
 
 
 def _variants(frame: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(frame["variant"]))
-    return [v for v in VARIANT_ORDER if v in present] + [v for v in present if v not in VARIANT_ORDER]
+    return order_variants(frame["variant"])
 
 
 def _error(frame: pd.DataFrame, mean: str, low: str, high: str) -> np.ndarray:
@@ -79,6 +85,7 @@ def plot_metrics(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     for ax, metric in zip(axes, metrics):
         labels = list(summaries)
         variants = _variants(pd.concat([s[s.metric == metric] for s in summaries.values()]))
+        everywhere = _variants(pd.concat(summaries.values()))
         width = 0.8 / len(variants)
         for j, variant in enumerate(variants):
             rows = [s[(s.metric == metric) & (s.category == ALL) & (s.variant == variant)] for s in summaries.values()]
@@ -86,7 +93,7 @@ def plot_metrics(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
                                                                "ci95_high": [np.nan]}) for r in rows])
             x = np.arange(len(labels)) + (j - (len(variants) - 1) / 2) * width
             ax.bar(x, frame["mean"], width, yerr=_error(frame, "mean", "ci95_low", "ci95_high"), capsize=3,
-                   label=variant, color=COLORS.get(variant))
+                   label=variant, color=variant_color(variant, everywhere))
         shown = pd.concat([s[(s.metric == metric) & (s.category == ALL)] for s in summaries.values()])
         lo = np.nanmin(shown["ci95_low"].fillna(shown["mean"]).to_numpy(dtype=float))
         hi = np.nanmax(shown["ci95_high"].fillna(shown["mean"]).to_numpy(dtype=float))
@@ -107,6 +114,7 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
     """Paired difference from dm (same prompt and seed) per variant and run, with 95% CIs."""
     metrics = sorted({m for s in summaries.values() for m in s["metric"]})
     fig, axes = _metric_axes(len(metrics), 6.5, 1.4 + 0.45 * max(2, sum(len(_variants(s)) - 1 for s in summaries.values())))
+    everywhere = _variants(pd.concat(summaries.values()))
     for ax, metric in zip(axes, metrics):
         names, means, errs, colors = [], [], [], []
         for label, s in summaries.items():
@@ -115,7 +123,7 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path:
                 names.append(f"{label}: {row.variant}" if len(summaries) > 1 else row.variant)
                 means.append(row.diff_vs_dm_mean)
                 errs.append([row.diff_vs_dm_mean - row.diff_vs_dm_ci95_low, row.diff_vs_dm_ci95_high - row.diff_vs_dm_mean])
-                colors.append(COLORS.get(row.variant, "k"))
+                colors.append(variant_color(row.variant, everywhere))
         y = np.arange(len(names))[::-1]
         ax.axvline(0.0, color="k", lw=0.8)
         if names:
@@ -139,20 +147,22 @@ def primary_metric(results: pd.DataFrame) -> str:
 
 
 def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame | None = None) -> Path:
-    """Image grid dm | dm_concave | asyndm | mask for the first `pairs` (prompt, seed) pairs."""
+    """Image grid for the first `pairs` (prompt, seed) pairs: every variant side by side (dm first),
+    then the masks of the variants that have them."""
     manifest = read_manifest(run_dir)
     groups = list(manifest.groupby(["prompt_idx", "seed"], sort=True))[:pairs]
-    fig, axes = plt.subplots(len(groups), len(GRID_COLUMNS), figsize=(2.3 * len(GRID_COLUMNS), 2.5 * len(groups)),
+    columns = grid_columns(run_dir, manifest)
+    fig, axes = plt.subplots(len(groups), len(columns), figsize=(2.3 * len(columns), 2.5 * len(groups)),
                              squeeze=False)
     for r, ((prompt_idx, seed), group) in enumerate(groups):
         files = dict(zip(group["variant"], group["file"]))
-        for c, column in enumerate(GRID_COLUMNS):
+        for c, (column, kind, variant) in enumerate(columns):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if column == "mask":
-                idx = group.loc[group["variant"] == "asyndm", "image_idx"]
-                file = run_dir / "masks" / f"{int(idx.iloc[0]):05}_asyndm.png" if len(idx) else None
+            if kind == "mask":
+                idx = group.loc[group["variant"] == variant, "image_idx"]
+                file = mask_file(run_dir, idx.iloc[0], variant) if len(idx) else None
             else:
                 file = run_dir / files[column] if column in files else None
             if file is not None and file.is_file():
@@ -161,7 +171,7 @@ def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame |
             else:
                 ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes, color="0.5")
             title = column if r == 0 else ""
-            if results is not None and column in files and len(results):
+            if results is not None and kind == "image" and column in files and len(results):
                 metric = primary_metric(results)
                 score = results[(results.prompt_idx == prompt_idx) & (results.seed == seed)
                                 & (results.variant == column) & (results.metric == metric)]

@@ -15,7 +15,7 @@ from scipy import stats
 
 BASELINE = "dm"
 ALL = "all"
-VARIANT_ORDER = ("dm", "dm_concave", "asyndm")
+VARIANT_ORDER = ("dm", "dm_concave", "asyndm")  # the paper's; the baselines and composed variants follow
 SUMMARY_COLUMNS = ["variant", "metric", "category", "n", "mean", "std", "ci95_low", "ci95_high",
                    "n_pairs", "diff_vs_dm_mean", "diff_vs_dm_ci95_low", "diff_vs_dm_ci95_high"]
 
@@ -35,8 +35,16 @@ def mean_ci95(values) -> tuple[int, float, float, float, float]:
     return n, mean, std, mean - half, mean + half
 
 
-def _variant_key(variant: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), variant)
+def _variant_key(variant: str) -> tuple[int, int, str]:
+    if variant in VARIANT_ORDER:
+        return (0, VARIANT_ORDER.index(variant), variant)
+    return (1 + ("+" in variant), 0, variant)
+
+
+def order_variants(names) -> list[str]:
+    """dm, dm_concave, asyndm, then the other variants (the baselines), then composed ones
+    (asyndm+cfgpp), each group alphabetically: the order of every table, plot and grid."""
+    return sorted(dict.fromkeys(names), key=_variant_key)
 
 
 def _rows(results: pd.DataFrame, category: str) -> list[dict]:

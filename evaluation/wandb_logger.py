@@ -17,10 +17,9 @@ from typing import Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.io import read_manifest
+from evaluation.io import grid_columns, mask_file, read_manifest
 
 WANDB_DIR_VARS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR")
-VARIANT_COLUMNS = ("dm", "dm_concave", "asyndm")
 
 
 def resolve_mode(cfg_mode: str | None, environ=os.environ) -> str:
@@ -68,28 +67,35 @@ def summary_metrics(summary: pd.DataFrame) -> dict[str, float]:
 
 def image_table_rows(run_dir: Path, results: pd.DataFrame | None,
                      limit: int) -> tuple[list[str], list[str], list[list]]:
-    """(columns, image columns, rows) of the per-(prompt, seed) table; images as file paths or None."""
+    """(columns, image columns, rows) of the per-(prompt, seed) table; images as file paths or None.
+
+    The image columns are the report grid's: every variant (dm first), then the masks of each
+    variant that saved them (asyndm's column is ``mask``)."""
     manifest = read_manifest(run_dir)
-    variants = [v for v in VARIANT_COLUMNS if v in set(manifest["variant"])]
-    variants += sorted(set(manifest["variant"]) - set(variants))
+    image_columns = grid_columns(run_dir, manifest)
+    variants = [variant for _, kind, variant in image_columns if kind == "image"]
+    masks = [(title, variant) for title, kind, variant in image_columns if kind == "mask"] or [("mask", "asyndm")]
     metrics = sorted(results["metric"].unique()) if results is not None and len(results) else []
     values = {}
     if metrics:
         values = results.set_index(["prompt_idx", "seed", "variant", "metric"])["value"].to_dict()
-    columns = ["prompt_idx", "seed", "prompt", "category", *variants, "mask",
+    columns = ["prompt_idx", "seed", "prompt", "category", *variants, *[title for title, _ in masks],
                *[f"{v}/{m}" for v in variants for m in metrics]]
     rows = []
     for (prompt_idx, seed), group in list(manifest.groupby(["prompt_idx", "seed"], sort=True))[:limit]:
         by_variant = dict(zip(group["variant"], group["file"]))
         first = group.iloc[0]
-        asyndm_idx = group.loc[group["variant"] == "asyndm", "image_idx"]
-        mask = run_dir / "masks" / f"{int(asyndm_idx.iloc[0]):05}_asyndm.png" if len(asyndm_idx) else None
+        mask_files = []
+        for _, variant in masks:
+            idx = group.loc[group["variant"] == variant, "image_idx"]
+            mask = mask_file(run_dir, idx.iloc[0], variant) if len(idx) else None
+            mask_files.append(str(mask) if mask is not None and mask.is_file() else None)
         row = [int(prompt_idx), int(seed), first["prompt"], first["category"],
                *[str(run_dir / by_variant[v]) if v in by_variant else None for v in variants],
-               str(mask) if mask is not None and mask.is_file() else None,
+               *mask_files,
                *[values.get((prompt_idx, seed, v, m), math.nan) for v in variants for m in metrics]]
         rows.append(row)
-    return columns, [*variants, "mask"], rows
+    return columns, [*variants, *[title for title, _ in masks]], rows
 
 
 def log_run(run_dir: Path, cfg: DictConfig, summary: pd.DataFrame | None = None,

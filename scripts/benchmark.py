@@ -1,10 +1,13 @@
-"""Seconds per image and peak memory: plain diffusers vs asyndm's dm, dm_concave and asyndm.
+"""Seconds per image and peak memory: plain diffusers vs any asyndm variants (dm, dm_concave, asyndm
+by default; the baselines and composed variants with --variants).
 
 Everything runs side by side in one process on one model, the measurements interleaved (one of
-each per round) so that drift on a shared machine hits all four alike. Reported: the median over
-the timed rounds after warm-up. The last line is one JSON object for scripts.
+each per round) so that drift on a shared machine hits all alike. Reported: the median over the
+timed rounds after warm-up, and each variant's ratio to plain diffusers. The last line is one JSON
+object for scripts.
 
     python scripts/benchmark.py --model tiny --device cpu
+    python scripts/benchmark.py --model tiny --device cpu --variants dm,asyndm,cfgpp,zsampling,seg,scfg,attend_excite
     python scripts/benchmark.py --model sd21-shaped --device cuda --precision fp16 --batch-size 8
 """
 
@@ -38,9 +41,10 @@ from asyndm.models import (  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
+from asyndm.variants import get_variant  # noqa: E402
 
 PROMPT = PromptSpec(0, "a cat eating a sandwich", ["cat", "sandwich"], [0.7, 0.7])
-METHODS = ("vanilla", "dm", "dm_concave", "asyndm")
+DEFAULT_VARIANTS = "dm,dm_concave,asyndm"
 
 
 class PeakMemory:
@@ -107,7 +111,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of dm and asyndm")
     parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels_last memory format")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help=f"comma-separated variants to time beside plain diffusers (default {DEFAULT_VARIANTS})")
     args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    for name in variants:
+        get_variant(name)  # an unknown name fails before the model is built
+    methods = ("vanilla", *variants)
 
     torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
@@ -140,11 +150,11 @@ def main(argv=None) -> dict:
 
         return run
 
-    runs = {"vanilla": vanilla, **{v: ours(v) for v in METHODS[1:]}}
-    times = {m: [] for m in METHODS}
-    peaks = {m: 0 for m in METHODS}
+    runs = {"vanilla": vanilla, **{v: ours(v) for v in variants}}
+    times = {m: [] for m in methods}
+    peaks = {m: 0 for m in methods}
     for round_ in range(args.repeats + 1):
-        for method in METHODS:
+        for method in methods:
             with torch.no_grad(), PeakMemory(device) as memory:
                 start = time.perf_counter()
                 runs[method]()
@@ -156,17 +166,18 @@ def main(argv=None) -> dict:
                 peaks[method] = max(peaks[method], memory.peak)
 
     if args.profile:
-        for method in ("dm", "asyndm"):
+        for method in variants:
             print_profile(method, runs[method], device)
 
-    median = {m: statistics.median(times[m]) for m in METHODS}
+    median = {m: statistics.median(times[m]) for m in methods}
     print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
           f"steps={args.steps} batch={args.batch_size} image={height}x{width} threads={args.threads} "
           f"channels_last={args.channels_last} "
           f"torch={torch.__version__}")
-    print(f"{'method':<12}{'s/image':>10}{'vs vanilla':>12}{'peak MiB':>11}{'peak vs vanilla':>17}")
-    for m in METHODS:
-        print(f"{m:<12}{median[m]:>10.4f}{median[m] / median['vanilla']:>12.3f}"
+    width = max(12, *(len(m) + 2 for m in methods))
+    print(f"{'method':<{width}}{'s/image':>10}{'vs vanilla':>12}{'peak MiB':>11}{'peak vs vanilla':>17}")
+    for m in methods:
+        print(f"{m:<{width}}{median[m]:>10.4f}{median[m] / median['vanilla']:>12.3f}"
               f"{peaks[m] / 2**20:>11.1f}{peaks[m] / peaks['vanilla']:>17.3f}")
     summary = {
         "model": args.model,
@@ -177,12 +188,12 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "resolution": height,
         "channels_last": args.channels_last,
-        **{f"{m}_s_per_image": round(median[m], 5) for m in METHODS},
-        "asyndm_over_vanilla": round(median["asyndm"] / median["vanilla"], 4),
-        "asyndm_over_dm": round(median["asyndm"] / median["dm"], 4),
-        "dm_over_vanilla": round(median["dm"] / median["vanilla"], 4),
-        **{f"{m}_peak_mib": round(peaks[m] / 2**20, 1) for m in METHODS},
-        "asyndm_peak_mem_over_vanilla": round(peaks["asyndm"] / peaks["vanilla"], 4),
+        "variants": variants,
+        **{f"{m}_s_per_image": round(median[m], 5) for m in methods},
+        **{f"{v}_over_vanilla": round(median[v] / median["vanilla"], 4) for v in variants},
+        **({"asyndm_over_dm": round(median["asyndm"] / median["dm"], 4)} if {"dm", "asyndm"} <= set(variants) else {}),
+        **{f"{m}_peak_mib": round(peaks[m] / 2**20, 1) for m in methods},
+        **{f"{v}_peak_mem_over_vanilla": round(peaks[v] / peaks["vanilla"], 4) for v in variants},
     }
     print(json.dumps(summary))
     return summary

@@ -14,11 +14,16 @@ def test_benchmark_prints_a_table_and_a_json_last_line(capsys):
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "1", "--repeats", "1"])
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert json.loads(last_line) == summary
+    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "1", "--repeats", "1",
+                              "--variants", "dm,asyndm,seg,asyndm+cfgpp"])  # the baselines and composed ones too
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == summary
+    assert summary["variants"] == ["dm", "asyndm", "seg", "asyndm+cfgpp"] and "asyndm+cfgpp" in out
     for key in ("vanilla_s_per_image", "dm_s_per_image", "asyndm_s_per_image", "asyndm_over_vanilla",
                 "asyndm_over_dm", "asyndm_peak_mem_over_vanilla"):
         assert summary[key] > 0, key
-    ratio = summary["asyndm_s_per_image"] / summary["vanilla_s_per_image"]
-    assert abs(summary["asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
+    for variant in ("asyndm", "seg", "asyndm+cfgpp"):
+        ratio = summary[f"{variant}_s_per_image"] / summary["vanilla_s_per_image"]
+        assert abs(summary[f"{variant}_over_vanilla"] - ratio) <= 1e-3 * ratio
+        assert summary[f"{variant}_peak_mem_over_vanilla"] > 0
+

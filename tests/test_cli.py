@@ -66,6 +66,12 @@ BAD = {
     "generator device": (["sample.generator_device=tpu"], "sample.generator_device=tpu"),
 }
 BAD_ARGS = ["model=tiny", "prompts.limit=2", *SMALL]
+# The issue's done-when run, smaller: every baseline and a composed variant beside dm and asyndm,
+# scored, with one baseline option changed on the command line.
+BASELINES = ["dm", "asyndm", "attend_excite", "cfgpp", "scfg", "seg", "zsampling", "asyndm+cfgpp"]
+WITH_BASELINES = ["model=tiny", "prompts=animal", "prompts.limit=1", "sample.images_per_prompt=2",
+                  "sample.batch_size=2", "variants=[dm,asyndm,cfgpp,zsampling,seg,scfg,attend_excite,asyndm+cfgpp]",
+                  "variant.cfgpp.scale=0.4", "eval=[clip_tiny]", "save.latents=true", "save.masks=true", *SMALL]
 
 
 def env():
@@ -104,7 +110,8 @@ def runs(tmp_path_factory, tiny_path):  # tiny_path: the tiny model is built onc
     legacy = ["model=tiny", "prompts=custom", f"prompts.file={base / 'prompts.json'}",
               f"prompts.items_file={base / 'items.json'}", "variants=[asyndm]", "sample.images_per_prompt=1",
               "sample.batch_size=1", "save.latents=true", *SMALL]
-    jobs = {"main": MAIN, "static_exp": STATIC_EXP, "single_lin": SINGLE_LIN, "legacy_files": legacy}
+    jobs = {"main": MAIN, "static_exp": STATIC_EXP, "single_lin": SINGLE_LIN, "legacy_files": legacy,
+            "baselines": WITH_BASELINES}
     jobs["bad_variant"] = [*BAD_ARGS, *BAD["unknown variant"][0]]
     procs = {name: start(args, base / name) for name, args in jobs.items()}
     return {name: (*finish(proc), base / name) for name, proc in procs.items()}
@@ -323,6 +330,35 @@ def test_python_api_gives_the_cli_latents(runs, tiny_pipe):
     assert out["asyndm"].masks.shape == (2, 64, 64) and out["dm"].masks is None
 
 
+def test_baselines_are_paired_scored_and_reported(runs, tiny_pipe):
+    """Every variant's images and latents; summary.csv pairs each with dm; the report shows them side
+    by side; the Python API with the same option gives the CLI's latents for the baseline and its
+    asyndm composition."""
+    from evaluation.report import main as report
+
+    run_dir = ok(runs, "baselines")
+    for variant in BASELINES:
+        assert all((run_dir / f"images/{j:05}_{variant}.png").is_file() for j in (0, 1)), variant
+    assert sorted(p.name for p in (run_dir / "masks").iterdir()) == sorted(
+        f"{j:05}_{v}.png" for j in (0, 1) for v in ("asyndm", "asyndm+cfgpp"))
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary["variant"]) == BASELINES  # dm first, then asyndm, the baselines, the composed one
+    assert summary[summary.variant != "dm"]["n_pairs"].eq(2).all()
+    assert summary[summary.variant != "dm"]["diff_vs_dm_mean"].notna().all()
+    spec = specs(1)[0]
+    out = tiny_pipe(spec.prompt, items=spec.items, k=spec.k, variants=["cfgpp", "asyndm+cfgpp"], num_images=2,
+                    seed=SEED, num_inference_steps=STEPS, output_type="latent",
+                    variant_options={"cfgpp": {"scale": 0.4}})
+    for variant in ("cfgpp", "asyndm+cfgpp"):
+        cli = torch.stack([torch.from_numpy(np.load(run_dir / "latents" / f"{j:05}_{variant}.npy")) for j in (0, 1)])
+        assert torch.equal(out[variant].latents, cli), variant
+    dm = np.load(run_dir / "latents/00000_dm.npy")
+    assert all(not np.allclose(dm, np.load(run_dir / f"latents/00000_{v}.npy")) for v in BASELINES[1:])
+    assert report([str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert all(v in page for v in BASELINES)
+
+
 def test_reference_two_file_input_implies_its_legacy_indices(runs, tiny_pipe):
     run_dir = ok(runs, "legacy_files")
     cli = torch.from_numpy(np.load(run_dir / "latents" / "00000_asyndm.npy"))[None]
@@ -341,7 +377,8 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line(runs):
     code, out, err, run_dir = runs["bad_variant"]
     assert code == 2, f"exit status {code}:\n{err[-2000:]}"
     assert err.strip().splitlines() == [
-        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm]"
+        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm,"
+        "attend_excite,cfgpp,scfg,seg,zsampling], or compose two as schedule+guidance (asyndm+cfgpp)"
     ]
     assert "Loading pipeline components" not in err + out, "the error must come before the model loads"
     assert not (run_dir / "images").exists()

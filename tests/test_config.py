@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from omegaconf import OmegaConf
 
 from asyndm.config import config_hash
@@ -43,3 +45,72 @@ def test_hash_follows_images_not_paths(tmp_path):
     assert config_hash(_cfg(moved, prompts)) == base  # a model folder counts by its signature
     _model_folder(model, steps=200)  # retrained in place
     assert config_hash(_cfg(model, prompts)) != base
+
+
+# ---------------------------------------------------------------------------- the baselines' options
+
+
+def _composed(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from asyndm.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_every_variant_config_file_holds_its_rules_defaults():
+    """conf/variant/<name>.yaml (the command line's options) and the rule's dataclass (the Python API's)
+    state the same defaults, for every variant that has options, and nothing else is in the folder."""
+    from asyndm.config import CONF_DIR
+    from asyndm.variants import VARIANTS
+
+    with_options = {name for name, v in VARIANTS.items() if v.options is not None}
+    assert {p.stem for p in (CONF_DIR / "variant").glob("*.yaml")} == with_options
+    cfg = _composed()
+    for name in with_options:
+        assert json.dumps(OmegaConf.to_container(cfg.variant[name]), sort_keys=True) == json.dumps(
+            VARIANTS[name].defaults(), sort_keys=True), name
+
+
+def test_variant_options_reach_the_rule_and_the_hash(tmp_path):
+    from asyndm.config import config_hash
+    from asyndm.run import sampling_settings
+    from asyndm.sampler import AsyncSampler
+
+    default, changed = _composed(), _composed("variant.cfgpp.scale=0.4", "variant.seg.layers=[mid,up]")
+    settings = sampling_settings(changed)
+    assert settings.variant_options["cfgpp"] == {"scale": 0.4}
+    sampler = AsyncSampler.__new__(AsyncSampler)  # the rule needs no model for these three
+    sampler.backend, sampler.settings = None, settings
+    assert sampler.guidance("cfgpp").scale == 0.4 and sampler.guidance("asyndm+cfgpp").scale == 0.4
+    assert tuple(sampler.guidance("seg").layers) == ("mid", "up")
+    # defaults stay out of the hash: a run made before the baselines, or one that adds them, keeps its folder
+    without = OmegaConf.create(OmegaConf.to_container(default))
+    del without["variant"]
+    assert config_hash(default) == config_hash(without) == config_hash(_composed("variants=[dm,cfgpp,seg]"))
+    assert config_hash(changed) != config_hash(default)
+    assert config_hash(_composed("variant.cfgpp.scale=0.6")) == config_hash(default)  # set to its default
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+variant.cfgpp.sacle=0.4"], "variant.cfgpp.sacle: cfgpp has no option 'sacle'; it takes scale"),
+    (["variants=[dm,asyndm+cfgpq]"], "unknown variant 'cfgpq' in 'asyndm+cfgpq' in variants"),
+    (["+variant.dm_fast.scale=1"], "variant.dm_fast: no variant is named 'dm_fast'"),
+])
+def test_bad_variant_options_are_named(overrides, message):
+    from asyndm.config import validate
+    from asyndm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        validate(_composed("model=tiny", *overrides))
+
+
+def test_presets_add_the_baselines_with_one_switch():
+    from asyndm.config import validate
+
+    assert list(_composed("experiment=table1_animal").variants) == ["dm", "dm_concave", "asyndm"]
+    cfg = _composed("experiment=table1_animal", "baselines=true")
+    validate(cfg)
+    assert list(cfg.variants) == ["dm", "dm_concave", "asyndm", "zsampling", "seg", "scfg", "cfgpp", "attend_excite"]

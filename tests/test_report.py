@@ -3,6 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import pytest
+from omegaconf import OmegaConf
 import pandas as pd
 from PIL import Image
 
@@ -64,3 +66,48 @@ def test_report_with_nan_metric_values(tmp_path):
     atomic_write_csv(summarize(results), run / "summary.csv")
     assert main([str(run)]) == 0
     assert (run / "report" / "grid.png").is_file()
+
+
+ALL_VARIANTS = ("asyndm+cfgpp", "zsampling", "dm", "attend_excite", "seg", "asyndm", "scfg", "cfgpp")
+
+
+def test_every_variant_side_by_side_with_its_paired_difference(tmp_path):
+    """The baselines and a composed variant: summary.csv, sweep_summary.csv, the wandb table and the
+    report's grid list every variant (dm first, then the paper's, the baselines, composed ones), each
+    with its paired difference from dm, and the masks of both variants on asyndm's schedule."""
+    from asyndm.sweep import sweep_summary, write_status
+    from evaluation.io import grid_columns, read_manifest
+    from evaluation.wandb_logger import image_table_rows, summary_metrics
+
+    run = make_fake_run(tmp_path / "sweep" / "job", seeds=(0, 1, 2), variants=ALL_VARIANTS)
+    manifest = pd.read_csv(run / "manifest.csv", keep_default_na=False)
+    gain = {v: 0.01 * i for i, v in enumerate(sorted(ALL_VARIANTS))}
+    gain["dm"] = 0.0
+    results = manifest[["image_idx", "prompt_idx", "prompt", "category", "seed", "variant"]].assign(
+        metric="clip/cosine_raw", value=0.3 + manifest["variant"].map(gain) + 0.001 * manifest["image_idx"])
+    summary = summarize(results)
+    order = ["dm", "asyndm", "attend_excite", "cfgpp", "scfg", "seg", "zsampling", "asyndm+cfgpp"]
+    assert list(summary["variant"]) == order
+    for row in summary[summary.variant != "dm"].itertuples():
+        assert row.n_pairs == 6 and row.diff_vs_dm_mean == pytest.approx(gain[row.variant]), row.variant
+    atomic_write_csv(results, run / "results.csv")
+    atomic_write_csv(summary, run / "summary.csv")
+
+    columns = grid_columns(run, read_manifest(run))
+    assert [title for title, _, _ in columns] == [*order, "mask", "asyndm+cfgpp mask"]
+    names, image_columns, rows = image_table_rows(run, results, limit=10)
+    assert image_columns == [*order, "mask", "asyndm+cfgpp mask"]
+    assert dict(zip(names, rows[0]))["asyndm+cfgpp mask"].endswith("masks/00000_asyndm+cfgpp.png")
+    assert summary_metrics(summary)["cfgpp/clip/cosine_raw/diff_vs_dm_mean"] == pytest.approx(gain["cfgpp"])
+
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(["experiment=table1_animal", "baselines=true"]), run / ".hydra" / "overrides.yaml")
+    write_status(run / "status.json", "completed")
+    table = sweep_summary(tmp_path / "sweep")
+    assert list(table["variant"]) == order and table["diff_vs_dm_mean"].notna().sum() == len(order) - 1
+
+    assert main([str(run)]) == 0
+    with Image.open(run / "report" / "grid.png") as grid:
+        assert grid.width > 2.3 * 100 * len(columns) * 0.9  # one column per variant and mask
+    page = (run / "report.html").read_text()
+    assert all(v in page for v in order)

@@ -57,6 +57,7 @@ class ItemTokens:
 
     positions: list[list[int]]
     extra: dict[str, list[list[int]]] = field(default_factory=dict)
+    length: int | None = None  # tokens of the prompt in that sequence, start and end included (where known)
 
     @property
     def last_item(self) -> int:
@@ -98,7 +99,9 @@ class Prediction:
 class StepContext:
     """What a guidance rule may need beyond the model call: where this step goes and how to step.
 
-    Rules that take extra denoising or inversion steps (Z-Sampling) call ``backend.step`` with it.
+    Rules that take extra denoising or inversion steps (Z-Sampling) call ``backend.step`` with it;
+    rules that need more of the model than its output use the backend's optional capabilities
+    (``attention_probabilities``, ``blurred_self_attention``, ``latent_gradients``).
     """
 
     step: int
@@ -107,6 +110,7 @@ class StepContext:
     eta: float
     generators: list
     backend: "Backend"
+    tokens: ItemTokens | None = None  # the prompt's items, for rules that act on them (Attend-and-Excite)
 
 
 class ItemAttention(AbstractContextManager):
@@ -229,6 +233,26 @@ class Backend(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> list:
         """Latents → PIL images, as the pipeline decodes them."""
+
+    # --------------------------------------------------------------- optional capabilities (the baselines')
+    # Each is a context manager that leaves the model as it found it. A family that lacks one
+    # raises, naming it; only the guidance rules that need it (asyndm/baselines/) call it.
+
+    def attention_probabilities(self, latents: torch.Tensor, sides: list[int], kinds=("attn1", "attn2")):
+        """Record, in each model call inside the block, the head-averaged attention probabilities of the
+        self- (``attn1``) and/or cross-attention (``attn2``) layers whose grid side is in ``sides``:
+        yields an ``AttentionRecord`` (asyndm/attention_control.py). S-CFG and Attend-and-Excite."""
+        raise NotImplementedError(f"the {self.family} backend cannot record attention probabilities")
+
+    def blurred_self_attention(self, latents: torch.Tensor, sigma: float, places=("mid",)):
+        """Inside the block, the self-attention queries of the model's ``places`` are Gaussian-blurred
+        with ``sigma`` (above 9999: replaced by their mean). Smoothed energy guidance."""
+        raise NotImplementedError(f"the {self.family} backend cannot blur self-attention queries")
+
+    def latent_gradients(self):
+        """Inside the block, model calls build autograd graphs to their inputs (parameters frozen).
+        Attend-and-Excite's latent update."""
+        raise NotImplementedError(f"the {self.family} backend cannot differentiate through its model")
 
     def guidance_rule(self, guidance_scale: float):
         """The family's own guidance at the run's scale (the pipeline's default behaviour): classifier-

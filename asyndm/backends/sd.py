@@ -12,6 +12,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..attention import AttentionStore, capture_cross_attention, capture_layer_names
+from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
 from ..pixel_timesteps import PixelTimestepUNet, check_supported
@@ -143,7 +144,9 @@ class StableDiffusionBackend(Backend):
         return PromptConditioning(wrap(positive), wrap(negative) if guided else None)
 
     def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
-        return ItemTokens(item_token_positions(self.tokenizer, prompt, items, legacy_item_idx, mode))
+        positions = item_token_positions(self.tokenizer, prompt, items, legacy_item_idx, mode)
+        length = min(len(self.tokenizer(prompt).input_ids), self.tokenizer.model_max_length)
+        return ItemTokens(positions, length=length)
 
     # --------------------------------------------------------------- sampling
 
@@ -181,6 +184,19 @@ class StableDiffusionBackend(Backend):
 
     def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None) -> UNetItemAttention:
         return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
+
+    # --------------------------------------------------------------- the baselines' capabilities
+
+    def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2")):
+        side = self.map_shape(latents)[0]
+        names = [n for kind in kinds for n in layers_at(self.unet, side, sides, kind)]
+        return record_attention(self.unet, names, side)
+
+    def blurred_self_attention(self, latents, sigma, places=("mid",)):
+        return blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents), sigma)
+
+    def latent_gradients(self):
+        return gradients_to_inputs(self.unet)
 
     def _alpha(self, timesteps: torch.Tensor) -> torch.Tensor:
         """ᾱ per pixel; negative timesteps (diffusers' DDIM past the end) use final_alpha_cumprod."""

@@ -39,9 +39,10 @@ def make_fake_run(run_dir: Path, prompts: list[str] | None = None, categories: l
                 rows.append(dict(image_idx=image_idx, prompt_idx=prompt_idx, prompt=prompt, category=category,
                                  items=json.dumps(items), k=json.dumps([0.5] * len(items)), seed=seed,
                                  variant=variant, file=file, config_hash="fake0000"))
-            if masks and "asyndm" in variants:
-                mask = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-                Image.fromarray(mask, "RGB").save(run_dir / f"masks/{image_idx:05}_asyndm.png")
+            for variant in variants:  # asyndm and the variants on its schedule (asyndm+cfgpp) save masks
+                if masks and (variant == "asyndm" or variant.startswith("asyndm+")):
+                    mask = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                    Image.fromarray(mask, "RGB").save(run_dir / f"masks/{image_idx:05}_{variant}.png")
             image_idx += 1
     pd.DataFrame(rows).to_csv(run_dir / "manifest.csv", index=False)
     base = {"model": {"name": "tiny"}, "curve": {"name": "concave"}, "mask": {"name": "cross_attention"},
