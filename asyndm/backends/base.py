@@ -34,8 +34,22 @@ class TextConditioning:
 
     @staticmethod
     def cat(parts: list["TextConditioning"]) -> "TextConditioning":
-        """One batch from several (guidance stacks [negative; positive])."""
-        return TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in parts[0].tensors})
+        """One batch from several (guidance stacks [negative; positive]).
+
+        Stacking the same parts (the same objects) again gives back the same batch, so a loop that
+        stacks them every step passes one conditioning throughout, and a backend may keep work done
+        per conditioning (SDXL's per-sample embedding tables) by its identity. Do not change a
+        stacked batch in place.
+        """
+        last = _LAST_CAT.get("parts")
+        if last is not None and len(last) == len(parts) and all(a is b for a, b in zip(last, parts)):
+            return _LAST_CAT["batch"]
+        batch = TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in parts[0].tensors})
+        _LAST_CAT.update(parts=tuple(parts), batch=batch)
+        return batch
+
+
+_LAST_CAT: dict = {}  # TextConditioning.cat's last parts and batch
 
 
 @dataclass
