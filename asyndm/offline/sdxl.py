@@ -152,15 +152,22 @@ def sdxl_shaped_pipeline():
     torch.manual_seed(0)
     text_encoder, text_encoder_2 = _text_encoders(hidden=(768, 1280), layers=(12, 32), heads=(12, 20),
                                                   projection_dim=1280)
-    unet = _unet(
+    unet = sdxl_base_unet()
+    vae = _vae(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024)
+    return _assemble(unet, vae, text_encoder, text_encoder_2)
+
+
+def sdxl_base_unet():
+    """SDXL-base-1.0's UNet (2.6 B parameters; build it under ``torch.device("meta")`` to read its
+    structure without the memory): 128×128 latents, cross-attention at 64×64 and, ten transformer
+    layers per block, at 32×32; context 768 + 1280, pooled text 1280 + 6 size ids × 256."""
+    return _unet(
         block_out_channels=(320, 640, 1280),
         layers_per_block=2,
         transformer_layers_per_block=(1, 2, 10),
         heads=(5, 10, 20),
         time_ids_dim=256,
-        projection_dim=text_encoder_2.config.projection_dim,
-        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        projection_dim=1280,
+        cross_attention_dim=768 + 1280,
         sample_size=128,
     )
-    vae = _vae(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024)
-    return _assemble(unet, vae, text_encoder, text_encoder_2)
