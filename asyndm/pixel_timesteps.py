@@ -79,10 +79,16 @@ class PixelTimestepUNet:
     def __init__(self, unet, num_train_timesteps: int, tabulate: bool = True):
         check_supported(unet)
         self.unet = unet
+        self.blocks = _resnets(unet)  # once: walking the module tree costs ms per call on small models
         self.num_train_timesteps = num_train_timesteps
         self.tabulate = tabulate
         self._tables: dict[tuple, list[torch.Tensor]] = {}
         self._sample_tables: tuple | None = None  # (dtype/device, conditioning tensors, tables): the last one
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The time embedding's dtype, read from its weights (``unet.dtype`` walks every module: ms per call)."""
+        return self.unet.time_embedding.linear_1.weight.dtype
 
     @property
     def adds_embedding(self) -> bool:
@@ -93,7 +99,7 @@ class PixelTimestepUNet:
         """(B, D): what the UNet adds to each sample's time embedding (SDXL: pooled text + size ids)."""
         if not added_cond_kwargs:
             raise ValueError("this UNet adds a text-time embedding: pass added_cond_kwargs (text_embeds, time_ids)")
-        like = torch.empty(0, dtype=self.unet.dtype, device=encoder_hidden_states.device)  # get_aug_embed reads its dtype
+        like = torch.empty(0, dtype=self.dtype, device=encoder_hidden_states.device)  # get_aug_embed reads its dtype
         return self.unet.get_aug_embed(like, encoder_hidden_states, added_cond_kwargs)
 
     @torch.no_grad()
@@ -134,7 +140,7 @@ class PixelTimestepUNet:
         if self.tabulate:
             columns_of = timestep_map  # (B, h, w) table column of each pixel
             if self.adds_embedding:
-                tables = self._sample_projection_tables(self.unet.dtype, timestep_map.device, encoder_hidden_states,
+                tables = self._sample_projection_tables(self.dtype, timestep_map.device, encoder_hidden_states,
                                                         added_cond_kwargs)
                 if tables[0].shape[1] != batch * self.num_train_timesteps:
                     raise ValueError(f"added_cond_kwargs hold {tables[0].shape[1] // self.num_train_timesteps} "
@@ -142,7 +148,7 @@ class PixelTimestepUNet:
                 first = torch.arange(batch, device=timestep_map.device) * self.num_train_timesteps
                 columns_of = timestep_map + first.view(batch, 1, 1)
             else:
-                tables = self._projection_tables(self.unet.dtype, timestep_map.device)
+                tables = self._projection_tables(self.dtype, timestep_map.device)
 
             def gathered(table):
                 def term(block_h, block_w):
@@ -154,7 +160,7 @@ class PixelTimestepUNet:
 
             return [gathered(table) for table in tables]
         added = self.added_embedding(encoder_hidden_states, added_cond_kwargs) if self.adds_embedding else None
-        per_pixel = block_projections(self.unet, timestep_map.flatten(1), self.unet.dtype, added)  # (B, h*w, C)
+        per_pixel = block_projections(self.unet, timestep_map.flatten(1), self.dtype, added)  # (B, h*w, C)
 
         def direct(projection):
             def term(block_h, block_w):
@@ -173,7 +179,7 @@ class PixelTimestepUNet:
         """
         handles = []
         terms = self._pixel_terms(timestep_map, encoder_hidden_states, added_cond_kwargs)
-        for block, term in zip(_resnets(self.unet), terms):
+        for block, term in zip(self.blocks, terms):
             handles.append(block.time_emb_proj.register_forward_hook(_zero_output))
             handles.append(block.conv1.register_forward_hook(_add_term(term)))
         try:
