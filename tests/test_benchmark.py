@@ -7,14 +7,17 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 
 
-def test_benchmark_prints_a_table_and_a_json_last_line(capsys):
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
+def test_benchmark_prints_a_table_and_a_json_last_line(capsys, model):
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "1", "--repeats", "1"])
+    summary = benchmark.main(["--model", model, "--device", "cpu", "--steps", "2", "--batch-size", "1", "--repeats", "1"])
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last_line) == summary
     for key in ("vanilla_s_per_image", "dm_s_per_image", "asyndm_s_per_image", "asyndm_over_vanilla",
@@ -22,3 +25,11 @@ def test_benchmark_prints_a_table_and_a_json_last_line(capsys):
         assert summary[key] > 0, key
     ratio = summary["asyndm_s_per_image"] / summary["vanilla_s_per_image"]
     assert abs(summary["asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
+    assert summary["model"] == model
+
+
+def test_shaped_models_include_sdxl():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert {"sd21-shaped", "sdxl-shaped"} <= set(benchmark.SHAPED) and "tiny_sdxl" in benchmark.BUILT_IN
