@@ -339,3 +339,42 @@ def test_cli_on_a_saved_sdxl_folder_writes_paired_images_and_dm_latents_equal_di
     torch.testing.assert_close(dm, reference, **EXACT)
     asyndm = np.load(run_dir / "latents" / "00000_asyndm.npy")
     assert not np.allclose(asyndm, dm[0].numpy())
+
+
+# ---------------------------------------------------------------------------- on a GPU (pytest -m gpu)
+
+
+@pytest.fixture(scope="module")
+def cuda_sdxl_backend(tiny_sdxl_path):
+    return load_backend(str(tiny_sdxl_path), torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.gpu
+def test_dm_and_all_linear_asyndm_reproduce_diffusers_sdxl_on_cuda(cuda_sdxl_backend, tiny_sdxl_path):
+    from test_gpu import TOLERANCE  # TF32 off there too: see true_fp32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        generators = [torch.Generator("cuda").manual_seed(s) for s in SEEDS]
+        reference = cuda_sdxl_backend.pipe(PROMPT, num_images_per_prompt=len(SEEDS), generator=generators, eta=1.0,
+                                           guidance_scale=5.0, num_inference_steps=10, output_type="latent").images
+        background = torch.full((len(SEEDS), *cuda_sdxl_backend.latent_size), -1, device="cuda")
+        for latents in (sample(cuda_sdxl_backend, "dm").latents,
+                        sample(cuda_sdxl_backend, "asyndm", masks=background).latents):
+            torch.testing.assert_close(latents, reference, **TOLERANCE)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["dm", "asyndm"])
+def test_sdxl_step_loop_never_waits_for_the_device(cuda_sdxl_backend, variant):
+    """Twice the steps, no more syncs (size ids and per-sample tables are made once per batch)."""
+    from test_gpu import _sync_warnings
+
+    def run(steps):
+        return lambda: sample(cuda_sdxl_backend, variant, steps=steps)
+
+    run(3)()  # warm-up: kernels, allocator
+    assert _sync_warnings(run(6)) == _sync_warnings(run(3))
