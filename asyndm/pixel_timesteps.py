@@ -214,6 +214,7 @@ def _subsample(timestep_map: torch.Tensor, block_h: int, block_w: int) -> torch.
 
 def _add_term(term):
     def hook(module, inputs, output):
-        return output + term(*output.shape[2:]).to(output.dtype)
+        # in place: conv1's output is a fresh tensor that its backward does not need
+        return output.add_(term(*output.shape[2:]).to(output.dtype))
 
     return hook
