@@ -12,11 +12,13 @@ map is subsampled to a block's resolution by taking the top-left pixel of each c
 SDXL-style UNets (``addition_embed_type="text_time"``) add a per-sample embedding (pooled text and
 size ids) to the time embedding before the activation (METHOD.md §9), so a pixel's embedding is a
 function of (sample, timestep): the tables then hold one row of all timesteps per sample, built once
-per conditioning (cached by the identity of its tensors) and gathered at ``sample·T + timestep``.
+per conditioning (kept by the identity of its tensors, freed with them) and gathered at
+``sample·T + timestep``.
 """
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -83,7 +85,7 @@ class PixelTimestepUNet:
         self.num_train_timesteps = num_train_timesteps
         self.tabulate = tabulate
         self._tables: dict[tuple, list[torch.Tensor]] = {}
-        self._sample_tables: tuple | None = None  # (dtype/device, conditioning tensors, tables): the last one
+        self._sample_tables: tuple | None = None  # (dtype/device, conditioning refs, tables, finalizers)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -118,21 +120,28 @@ class PixelTimestepUNet:
     def _sample_projection_tables(self, dtype, device, encoder_hidden_states, added_cond_kwargs) -> list[torch.Tensor]:
         """Per ResNet block, (C, B·T): sample b's projected embedding of timestep t in column b·T + t.
 
-        Kept for the last conditioning: a call with the same ``added_cond_kwargs`` tensors (the same
-        objects, as a sampling loop passes them every step) reuses the tables; tensors changed in
-        place are not noticed.
+        Kept while the conditioning lives: a call with the same ``added_cond_kwargs`` tensors (the
+        same objects, as a sampling loop passes them every step) reuses the tables, and they are
+        freed with those tensors. Tensors changed in place are not noticed.
         """
         sources = tuple(added_cond_kwargs.values())
-        cached = self._sample_tables
-        if (cached is not None and cached[0] == (dtype, device) and len(cached[1]) == len(sources)
-                and all(a is b for a, b in zip(cached[1], sources))):
-            return cached[2]
-        self._sample_tables = None  # free the previous conditioning's tables before building these
+        kept = self._sample_tables
+        if (kept is not None and kept[0] == (dtype, device) and len(kept[1]) == len(sources)
+                and all(ref() is source for ref, source in zip(kept[1], sources))):
+            return kept[2]
+        self._forget_sample_tables()  # the previous conditioning's tables go before these are built
         added = self.added_embedding(encoder_hidden_states, added_cond_kwargs)  # (B, D)
         t = torch.arange(self.num_train_timesteps, device=device)[None]  # (1, T): every sample, every timestep
         tables = [p.flatten(0, 1).t().contiguous() for p in block_projections(self.unet, t, dtype, added)]
-        self._sample_tables = ((dtype, device), sources, tables)
+        finalizers = tuple(weakref.finalize(source, self._forget_sample_tables) for source in sources)
+        self._sample_tables = ((dtype, device), tuple(weakref.ref(s) for s in sources), tables, finalizers)
         return tables
+
+    def _forget_sample_tables(self) -> None:
+        if self._sample_tables is not None:
+            for finalizer in self._sample_tables[3]:
+                finalizer.detach()
+        self._sample_tables = None
 
     def _pixel_terms(self, timestep_map: torch.Tensor, encoder_hidden_states=None, added_cond_kwargs=None) -> list:
         """Per block, a function (h_b, w_b) → the (B, C, h_b, w_b) term to add after conv1."""

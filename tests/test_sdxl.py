@@ -182,13 +182,14 @@ def test_tabulated_embedding_equals_the_straightforward_per_pixel_embedding(tiny
     assert all(not getattr(m, kind) for m in unet.modules() for kind in ("_forward_hooks", "_forward_pre_hooks"))
 
 
-def test_per_sample_tables_are_built_once_per_batch(tiny_sdxl_backend, monkeypatch):
+def test_per_sample_tables_are_built_once_per_batch_and_freed_with_it(tiny_sdxl_backend, monkeypatch):
     """Guidance stacks [negative; positive] every step; the stack, and so the tables, stay the same."""
     calls = []
     original = pixel_timesteps.block_projections
     monkeypatch.setattr(pixel_timesteps, "block_projections", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     sample(tiny_sdxl_backend, "asyndm", steps=4)
     assert len(calls) == 1
+    assert tiny_sdxl_backend.pixel_unet._sample_tables is None, "freed with the batch's conditioning"
     negative, positive = TextConditioning({"x": torch.zeros(1)}), TextConditioning({"x": torch.ones(1)})
     assert TextConditioning.cat([negative, positive]) is TextConditioning.cat([negative, positive])
     assert TextConditioning.cat([positive, negative]).tensors["x"].tolist() == [1.0, 0.0]
