@@ -94,14 +94,15 @@ def test_the_family_comes_from_model_index(tiny_sdxl_path):
 # ---------------------------------------------------------------------------- equivalence with diffusers
 
 
-@pytest.mark.parametrize("eta,guidance,negative", [(1.0, 5.0, ""), (0.0, 1.0, ""), (1.0, 5.0, "blurry, low quality")])
-def test_dm_reproduces_diffusers_sdxl_pipeline(tiny_sdxl_backend, reference_pipe, eta, guidance, negative):
+@pytest.mark.parametrize("eta,guidance,negative,steps", [(1.0, 5.0, "", 10), (0.0, 1.0, "", 5),
+                                                         (1.0, 5.0, "blurry, low quality", 5)])
+def test_dm_reproduces_diffusers_sdxl_pipeline(tiny_sdxl_backend, reference_pipe, eta, guidance, negative, steps):
     """Same generators, guidance, η; the empty negative prompt is the pipeline's default (None)."""
-    ours = sample(tiny_sdxl_backend, "dm", eta=eta, guidance_scale=guidance, negative_prompt=negative).latents
-    reference = reference_latents(reference_pipe, 10, eta, guidance, negative or None)
+    ours = sample(tiny_sdxl_backend, "dm", steps, eta=eta, guidance_scale=guidance, negative_prompt=negative).latents
+    reference = reference_latents(reference_pipe, steps, eta, guidance, negative or None)
     torch.testing.assert_close(ours, reference, **EXACT)
     if negative:  # the negative prompt matters, so the comparison above could fail
-        assert (ours - reference_latents(reference_pipe, 10, eta, guidance)).abs().max() > 1e-2
+        assert (ours - reference_latents(reference_pipe, steps, eta, guidance)).abs().max() > 1e-2
 
 
 def test_all_linear_asyndm_reproduces_the_pipeline(tiny_sdxl_backend, reference_pipe):
@@ -322,7 +323,7 @@ def test_cli_on_a_saved_sdxl_folder_writes_paired_images_and_dm_latents_equal_di
         tiny_sdxl_path, reference_pipe, tmp_path):
     """``asyndm model=local model.path=<SDXL folder> ... variants=[dm,asyndm] save.latents=true``."""
     run_dir = tmp_path / "run"
-    steps, images = 10, 2
+    steps, images = 5, 2
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     args = ["model=local", f"model.path={tiny_sdxl_path}", f"prompt={PROMPT}", "items=[cat,sandwich]", "k=[0.7,0.7]",
