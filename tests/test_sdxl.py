@@ -380,3 +380,15 @@ def test_sdxl_step_loop_never_waits_for_the_device(cuda_sdxl_backend, variant):
 
     run(3)()  # warm-up: kernels, allocator
     assert _sync_warnings(run(6)) == _sync_warnings(run(3))
+
+
+def test_a_ddim_config_that_clips_is_refused_with_the_fix(tiny_sdxl_path, tmp_path):
+    """asyndm's element-wise DDIM step neither clips nor thresholds x̂0, so such configs cannot match."""
+    import shutil
+
+    folder = tmp_path / "clipping"
+    shutil.copytree(tiny_sdxl_path, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "clip_sample": True}))
+    with pytest.raises(ModelError, match="clip_sample=true.*set it to false"):
+        load_backend(str(folder), torch.device("cpu"), torch.float32)

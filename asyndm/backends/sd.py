@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..attention import AttentionStore, capture_cross_attention, capture_layer_names
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
+from ..errors import ModelError
 from ..pixel_timesteps import PixelTimestepUNet, check_supported
 from ..tokens import item_token_positions
 from .base import Backend, ItemAttention, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
@@ -61,8 +62,8 @@ class StableDiffusionBackend(Backend):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         for option in ("clip_sample", "thresholding"):  # the element-wise step (ddim.py) does neither
             if pipe.scheduler.config.get(option):
-                raise NotImplementedError(f"the scheduler config sets {option}=true, which asyndm's DDIM step does "
-                                          f"not apply; set it to false in scheduler/scheduler_config.json")
+                raise ModelError(f"the scheduler config sets {option}=true, which asyndm's DDIM step does not "
+                                 f"apply; set it to false in scheduler/scheduler_config.json")
         pipe.to(device)
         if pipe.unet.dtype != dtype:  # from_pretrained already applied torch_dtype; cast only in-memory builds
             pipe.to(dtype=dtype)
