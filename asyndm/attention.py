@@ -97,21 +97,30 @@ class AttentionStore:
 
 
 class CapturingProcessor:
-    """Wraps a layer's processor: same output, plus the conditional half's probabilities to a store."""
+    """Wraps a layer's processor: same output, plus the conditional half's probabilities to a store.
+
+    The query and key come from the layer's own ``to_q`` / ``to_k`` calls inside the wrapped
+    processor (``projected``, filled by the hooks ``capture_cross_attention`` installs), so capturing
+    adds no projection of its own (SDXL: 60 layers at 32×32, where recomputing the query cost ~1.5 %
+    of a guided step's FLOPs); an inner processor that does not call them gets them recomputed.
+    """
 
     def __init__(self, inner, store: AttentionStore):
         self.inner = inner
         self.store = store
+        self.projected: dict[str, torch.Tensor] = {}  # "to_q" / "to_k" outputs of the current call
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        query, key = self.projected.pop("to_q", None), self.projected.pop("to_k", None)
         if self.store.enabled:
             rows = self.store.rows
-            query = attn.to_q(hidden_states[rows])
-            context = encoder_hidden_states[rows]
-            if attn.norm_cross:
-                context = attn.norm_encoder_hidden_states(context)
-            key = attn.to_k(context)
+            if query is None or key is None:
+                context = encoder_hidden_states
+                if attn.norm_cross:
+                    context = attn.norm_encoder_hidden_states(context)
+                query, key = attn.to_q(hidden_states), attn.to_k(context)
+            query, key = query[rows], key[rows]
             probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), None)
             batch = query.shape[0]
             self.store.add(probs.view(batch, attn.heads, *probs.shape[1:]))
@@ -128,8 +137,24 @@ def capture_cross_attention(unet, layer_names: list[str], store: AttentionStore)
     patched = {
         name: CapturingProcessor(proc, store) if name in layer_names else proc for name, proc in original.items()
     }
+    modules = dict(unet.named_modules())
+    handles = []
+    for name in layer_names:  # the layer's own projections, kept while a call is captured
+        layer, processor = modules[name.removesuffix(".processor")], patched[name]
+        for projection in ("to_q", "to_k"):
+            handles.append(getattr(layer, projection).register_forward_hook(_keep(processor, projection)))
     unet.set_attn_processor(patched)
     try:
         yield store
     finally:
+        for handle in handles:
+            handle.remove()
         unet.set_attn_processor(original)
+
+
+def _keep(processor: CapturingProcessor, projection: str):
+    def hook(module, inputs, output):
+        if processor.store.enabled:
+            processor.projected[projection] = output
+
+    return hook

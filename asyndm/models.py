@@ -136,11 +136,11 @@ def backend_class(source: str):
     return backend_for_pipeline(model_index(source).get("_class_name", ""), source)
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, subfolder: str = "tokenizer"):
     """The pipeline's (first) tokenizer alone: cheap, so prompts are checked before the weights load."""
     from transformers import CLIPTokenizer
 
-    tokenizer = _from_pretrained(CLIPTokenizer.from_pretrained, source, subfolder="tokenizer")
+    tokenizer = _from_pretrained(CLIPTokenizer.from_pretrained, source, subfolder=subfolder)
     if len(tokenizer) < 1000:  # transformers 5 may return a 2-token stub offline instead of raising
         raise ModelError(_download_advice(source, f"the tokenizer loaded with only {len(tokenizer)} tokens; its files are missing"))
     return tokenizer

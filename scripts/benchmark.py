@@ -9,6 +9,7 @@ object for scripts.
     python scripts/benchmark.py --model tiny --device cpu
     python scripts/benchmark.py --model tiny --device cpu --variants dm,asyndm,cfgpp,zsampling,seg,scfg,attend_excite
     python scripts/benchmark.py --model sd21-shaped --device cuda --precision fp16 --batch-size 8
+    python scripts/benchmark.py --model sdxl-shaped --device cuda --precision fp16 --batch-size 4
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from asyndm.models import (  # noqa: E402
     resolve_dtype,
 )
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
+from asyndm.offline.sdxl import sdxl_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
 from asyndm.variants import get_variant  # noqa: E402
@@ -85,14 +87,19 @@ def _rss() -> int:
 
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
-SHAPED = {"sd21-shaped": sd21_shaped_pipeline}
+SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sdxl-shaped": sdxl_shaped_pipeline}
 BUILT_IN = built_in_names()  # tiny (built offline), toy (shipped), ...
 
 
 def build_backend(model: str, device, dtype):
     """A built-in model, a ``*-shaped`` architecture in memory, or a folder / hub id."""
     if model in SHAPED:
-        pipe = SHAPED[model]()
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # built in the run's precision: no fp32 copy (SDXL's is 14 GB)
+        try:
+            pipe = SHAPED[model]()
+        finally:
+            torch.set_default_dtype(previous)
         return backend_for_pipeline(type(pipe).__name__)(pipe, device, dtype)
     source = built_in_source(model) if model in BUILT_IN else check_source(model)
     return load_backend(source, device, dtype)

@@ -26,7 +26,8 @@ part versions bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,c
   \"cuda\", torch.version.cuda, \"diffusers\", diffusers.__version__, \"transformers\", transformers.__version__)'"
 bench=("$py" scripts/benchmark.py --device cuda)
 part sd21_fp16 "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 --repeats 3 --profile
-part pytest_gpu "$py" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rA
+part pytest_gpu "$py" -m pytest -q -m gpu tests/test_gpu.py tests/test_sdxl.py -p no:cacheprovider -rA
+part sdxl_fp16 "${bench[@]}" --model sdxl-shaped --precision fp16 --batch-size 4 --steps 50 --repeats 3 --profile
 part tiny_fp32 "${bench[@]}" --model tiny --precision fp32 --batch-size 4 --steps 20 --repeats 5
 part tiny_fp16 "${bench[@]}" --model tiny --precision fp16 --batch-size 4 --steps 20 --repeats 5
 part sd21_fp16_channels_last "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 \

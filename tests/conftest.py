@@ -1,4 +1,4 @@
-"""Shared fixtures: offline, one thread, and the project's own tiny SD-shaped model."""
+"""Shared fixtures: offline, one thread, and the project's own tiny SD- and SDXL-shaped models."""
 
 import os
 
@@ -24,6 +24,20 @@ def tiny_backend(tiny_path):
     from asyndm.models import load_backend
 
     return load_backend(str(tiny_path), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path():
+    from asyndm.offline.sdxl import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_backend(tiny_sdxl_path):
+    from asyndm.models import load_backend
+
+    return load_backend(str(tiny_sdxl_path), torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -164,3 +164,24 @@ def test_processors_are_restored_on_exit_and_on_error(tiny_backend):
         with capture_cross_attention(unet, ["down_blocks.9.attn2.processor"], store):
             pass
     assert all(unet.attn_processors[n] is p for n, p in original.items())
+
+
+def test_capture_reuses_each_layers_own_projections_and_leaves_no_hooks(tiny_backend, inputs):
+    """The captured maps come from the layer's own to_q/to_k outputs: one query projection per layer."""
+    unet = tiny_backend.unet
+    names = capture_layer_names(unet, 64, 16)
+    modules = dict(unet.named_modules())
+    calls = []
+    counters = [modules[n.removesuffix(".processor")].to_q.register_forward_pre_hook(lambda m, a: calls.append(m))
+                for n in names]
+    store = AttentionStore([[2]])
+    try:
+        with capture_cross_attention(unet, names, store), torch.no_grad():
+            store.rows = slice(1, 2)
+            unet(inputs[0], 500, encoder_hidden_states=inputs[1])
+    finally:
+        for handle in counters:
+            handle.remove()
+    assert len(calls) == len(names)
+    assert store.item_maps().shape == (1, 1, 16 * 16)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())

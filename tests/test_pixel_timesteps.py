@@ -1,5 +1,6 @@
 """Per-pixel timesteps inside the UNet (METHOD.md §5): a constant map is the plain UNet, the model is
-restored after every call, and UNets whose time embedding is not a pure function of t are refused."""
+restored after every call, and UNets whose time embedding is not t's plus a per-sample embedding
+(SDXL's text-time: tests/test_sdxl.py) are refused."""
 
 import pytest
 import torch
@@ -150,10 +151,7 @@ def test_constant_map_on_other_sd_style_configs(extra):
     [
         ({"num_class_embeds": 10}, "class"),
         ({"class_embed_type": "timestep"}, "class"),
-        (
-            {"addition_embed_type": "text_time", "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 32},
-            "text-time",
-        ),
+        ({"addition_embed_type": "image", "encoder_hid_dim": 8}, "'image' addition"),  # Kandinsky 2.2
         ({"time_cond_proj_dim": 4}, "time_cond_proj_dim"),
         ({"resnet_time_scale_shift": "scale_shift"}, "scale_shift"),
     ],

@@ -56,6 +56,22 @@ def test_presets_compose_with_the_paper_settings(name):
     assert dict(smoke.hydra.sweeper.params or {}) == expected  # the same sweep (steps: a small grid)
 
 
+def test_sdxl_preset_runs_the_paper_settings_on_sdxl_over_the_four_sets():
+    cfg = composed("experiment=sdxl")
+    validate(cfg)
+    assert cfg.model.path == "stabilityai/stable-diffusion-xl-base-1.0" and cfg.precision == "fp16"
+    s = cfg.sample
+    assert (s.images_per_prompt, s.steps, s.eta, s.guidance_scale, s.negative_prompt) == (32, 50, 1.0, 5.0, "")
+    assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"] and cfg.prompts.item_tokens == "legacy"
+    assert dict(cfg.hydra.sweeper.params) == {"prompts": "animal,drawbench,geneval,mscoco"}
+    assert cfg.hydra.sweep.dir == "outputs/sweeps/sdxl"
+    smoke = composed("experiment=sdxl", "smoke=tiny_sdxl")
+    validate(smoke)
+    assert smoke.model.builder == "tiny_sdxl" and smoke.precision == "fp32" and list(smoke.eval) == ["clip"]
+    assert (smoke.prompts.limit, smoke.sample.images_per_prompt, smoke.sample.steps) == (2, 2, 3)
+    assert smoke.hydra.sweep.dir == "outputs/sweeps/smoke/sdxl"
+
+
 def test_command_line_overrides_beat_presets():
     cfg = composed("experiment=table1_animal", "smoke=tiny", "model=sd21", "sample.steps=7")
     assert cfg.model.name == "sd21-base" and cfg.sample.steps == 7

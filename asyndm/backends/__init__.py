@@ -9,14 +9,16 @@ from __future__ import annotations
 from ..errors import ModelError
 from .base import Backend, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
 from .sd import StableDiffusionBackend
+from .sdxl import StableDiffusionXLBackend
 
-BACKENDS: dict[str, type[Backend]] = {cls.family: cls for cls in (StableDiffusionBackend,)}
+BACKENDS: dict[str, type[Backend]] = {cls.family: cls for cls in (StableDiffusionBackend, StableDiffusionXLBackend)}
 
 # Pipelines that share a supported family's checkpoints but not its task.
 UNSUPPORTED = {
     "StableDiffusionInpaintPipeline": "an inpainting checkpoint (its UNet takes 9 input channels and a mask)",
     "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image-to-image on already denoised latents)",
     "StableDiffusionImg2ImgPipeline": "an image-to-image pipeline",
+    "StableDiffusionXLInpaintPipeline": "an SDXL inpainting checkpoint (its UNet takes 9 input channels and a mask)",
 }
 
 
@@ -33,4 +35,4 @@ def backend_for_pipeline(class_name: str, source: str = "") -> type[Backend]:
 
 
 __all__ = ["BACKENDS", "Backend", "ItemTokens", "Prediction", "PromptConditioning", "TextConditioning", "Timeline",
-           "StableDiffusionBackend", "backend_for_pipeline"]
+           "StableDiffusionBackend", "StableDiffusionXLBackend", "backend_for_pipeline"]

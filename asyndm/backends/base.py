@@ -11,6 +11,7 @@ one value per cell of the timestep grid (latent pixels for UNets, image tokens f
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -34,8 +35,20 @@ class TextConditioning:
 
     @staticmethod
     def cat(parts: list["TextConditioning"]) -> "TextConditioning":
-        """One batch from several (guidance stacks [negative; positive])."""
-        return TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in parts[0].tensors})
+        """One batch from several (guidance stacks [negative; positive]).
+
+        Stacking the same parts (the same objects) again gives back the same batch while the first
+        part lives (it keeps the batch), so a loop that stacks them every step passes one
+        conditioning throughout, and a backend may keep work done per conditioning (SDXL's
+        per-sample embedding tables) for as long as that batch lives. Do not change it in place.
+        """
+        first, rest = parts[0], parts[1:]
+        kept = getattr(first, "_stacked", None)  # (weak references to the other parts, their batch)
+        if kept is not None and len(kept[0]) == len(rest) and all(ref() is part for ref, part in zip(kept[0], rest)):
+            return kept[1]
+        batch = TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in first.tensors})
+        first._stacked = (tuple(weakref.ref(part) for part in rest), batch)
+        return batch
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ..attention import AttentionStore, capture_cross_attention, capture_layer_n
 from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
+from ..errors import ModelError
 from ..pixel_timesteps import PixelTimestepUNet, check_supported
 from ..tokens import item_token_positions
 from .base import Backend, ItemAttention, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
@@ -60,6 +61,10 @@ class StableDiffusionBackend(Backend):
 
         check_supported(pipe.unet)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        for option in ("clip_sample", "thresholding"):  # the element-wise step (ddim.py) does neither
+            if pipe.scheduler.config.get(option):
+                raise ModelError(f"the scheduler config sets {option}=true, which asyndm's DDIM step does not "
+                                 f"apply; set it to false in scheduler/scheduler_config.json")
         pipe.to(device)
         if pipe.unet.dtype != dtype:  # from_pretrained already applied torch_dtype; cast only in-memory builds
             pipe.to(dtype=dtype)
@@ -170,14 +175,19 @@ class StableDiffusionBackend(Backend):
     def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
         return timesteps_from_state(states, self.num_train_timesteps)
 
+    def unet_kwargs(self, latents: torch.Tensor, text: TextConditioning) -> dict:
+        """The UNet call's conditioning keywords (SD: ``encoder_hidden_states``; SDXL adds its own)."""
+        return text.tensors
+
     def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
         timesteps = self.model_timesteps(states)  # (B, h, w)
+        kwargs = self.unet_kwargs(latents, text)
         if attention is not None and capture_rows is not None:
             attention.arm(capture_rows)
         try:
             if uniform:  # every pixel shares one timestep: the plain diffusers call
-                return self.unet(latents, timesteps[0, 0, 0], **text.tensors, return_dict=False)[0]
-            return self.pixel_unet(latents, timesteps, text.tensors["encoder_hidden_states"], return_dict=False)[0]
+                return self.unet(latents, timesteps[0, 0, 0], **kwargs, return_dict=False)[0]
+            return self.pixel_unet(latents, timesteps, **kwargs, return_dict=False)[0]
         finally:
             if attention is not None:
                 attention.disarm()

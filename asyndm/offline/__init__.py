@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from .sd import build_tiny_pipeline
+from .sdxl import build_tiny_sdxl_pipeline
 
 BUILDERS: dict[str, Callable[[], Path]] = {
     "tiny": build_tiny_pipeline,
+    "tiny_sdxl": build_tiny_sdxl_pipeline,
 }

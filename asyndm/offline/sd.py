@@ -163,13 +163,22 @@ def sd21_shaped_pipeline():
 
 def build_tiny_pipeline(root: Path | None = None) -> Path:
     """Build (once) and save the tiny pipeline as a diffusers folder; returns its path."""
-    folder = (root or cache_dir() / "models") / TINY_VERSION
+    return save_once(TINY_VERSION, _tiny_pipeline, root)
+
+
+def save_once(version: str, make_pipeline, root: Path | None = None) -> Path:
+    """``make_pipeline()`` saved as a diffusers folder ``<root>/<version>`` unless already there; its path.
+
+    ``root`` defaults to the model cache. Concurrent builders are safe: each saves to a staging
+    folder, and the first rename wins.
+    """
+    folder = (root or cache_dir() / "models") / version
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
-        _tiny_pipeline().save_pretrained(staging)
+        make_pipeline().save_pretrained(staging)
         try:
             staging.rename(folder)  # atomic: a half-built folder never looks finished
         except OSError:
