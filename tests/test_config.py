@@ -43,3 +43,19 @@ def test_hash_follows_images_not_paths(tmp_path):
     assert config_hash(_cfg(moved, prompts)) == base  # a model folder counts by its signature
     _model_folder(model, steps=200)  # retrained in place
     assert config_hash(_cfg(model, prompts)) != base
+
+
+def test_keys_added_later_keep_earlier_run_folders_at_their_defaults(tmp_path):
+    """sample.height/width/true_cfg_scale and mask.blocks came later: at their defaults the hash is the
+    one runs made before them have (so their folders resume); set, they change it."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat", "items": ["cat"], "k": [0.5]}\n')
+    model = _model_folder(tmp_path / "m", steps=100)
+    before = config_hash(_cfg(model, prompts))
+    later = _cfg(model, prompts, height=None, width=None, true_cfg_scale=1.0)
+    later.mask.blocks = None
+    assert config_hash(later) == before
+    for key, value in (("height", 512), ("width", 512), ("true_cfg_scale", 4.0)):
+        assert config_hash(_cfg(model, prompts, **{key: value})) != before, key
+    later.mask.blocks = [3, 4]
+    assert config_hash(later) != before
