@@ -9,14 +9,18 @@ from __future__ import annotations
 from ..errors import ModelError
 from .base import Backend, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
 from .sd import StableDiffusionBackend
+from .sd3 import StableDiffusion3Backend
 
-BACKENDS: dict[str, type[Backend]] = {cls.family: cls for cls in (StableDiffusionBackend,)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.family: cls for cls in (StableDiffusionBackend, StableDiffusion3Backend)
+}
 
 # Pipelines that share a supported family's checkpoints but not its task.
 UNSUPPORTED = {
     "StableDiffusionInpaintPipeline": "an inpainting checkpoint (its UNet takes 9 input channels and a mask)",
     "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image-to-image on already denoised latents)",
     "StableDiffusionImg2ImgPipeline": "an image-to-image pipeline",
+    "StableDiffusion3Img2ImgPipeline": "an image-to-image pipeline",
 }
 
 
@@ -33,4 +37,4 @@ def backend_for_pipeline(class_name: str, source: str = "") -> type[Backend]:
 
 
 __all__ = ["BACKENDS", "Backend", "ItemTokens", "Prediction", "PromptConditioning", "TextConditioning", "Timeline",
-           "StableDiffusionBackend", "backend_for_pipeline"]
+           "StableDiffusionBackend", "StableDiffusion3Backend", "backend_for_pipeline"]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from .sd import build_tiny_pipeline
+from .sd3 import build_tiny_sd3
 
 BUILDERS: dict[str, Callable[[], Path]] = {
     "tiny": build_tiny_pipeline,
+    "tiny_sd3": build_tiny_sd3,
 }
