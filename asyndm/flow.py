@@ -40,7 +40,12 @@ def check_scheduler(scheduler) -> None:
 @dataclass(frozen=True)
 class FlowShift:
     """σ(s) = shift(s / num_train_timesteps): the scheduler's static shift, or its resolution-dependent
-    (dynamic) shift with the ``mu`` the pipelines compute from the image's token count."""
+    (dynamic) shift with the ``mu`` the pipelines compute from the image's token count.
+
+    ``precision``: the dtype the scheduler shifts in. It shifts float64 numpy sigmas when it builds them
+    itself (SD3) and float32 ones when a pipeline passes sigmas (Flux); shifting in the same precision
+    gives the scheduler's sigmas bit for bit.
+    """
 
     num_train_timesteps: float
     shift: float = 1.0
@@ -50,9 +55,10 @@ class FlowShift:
     max_seq_len: int = 4096
     base_shift: float = 0.5
     max_shift: float = 1.15
+    precision: torch.dtype = torch.float64
 
     @classmethod
-    def from_scheduler(cls, scheduler) -> "FlowShift":
+    def from_scheduler(cls, scheduler, precision: torch.dtype = torch.float64) -> "FlowShift":
         config = scheduler.config
         return cls(
             num_train_timesteps=float(config.num_train_timesteps),
@@ -63,6 +69,7 @@ class FlowShift:
             max_seq_len=int(config.get("max_image_seq_len", 4096)),
             base_shift=float(config.get("base_shift", 0.5)),
             max_shift=float(config.get("max_shift", 1.15)),
+            precision=precision,
         )
 
     def mu(self, tokens: int) -> float:
@@ -71,8 +78,8 @@ class FlowShift:
         return tokens * slope + (self.base_shift - slope * self.base_seq_len)
 
     def sigmas(self, states: torch.Tensor, tokens: int) -> torch.Tensor:
-        """float32 σ of each state, computed in float64 as SD3's scheduler shifts its numpy sigmas; 0 at 0."""
-        t = states.double().clamp(min=0) / self.num_train_timesteps
+        """float32 σ of each state, shifted in ``precision`` as the scheduler shifts; 0 at 0."""
+        t = (states.double().clamp(min=0) / self.num_train_timesteps).to(self.precision)
         if not self.dynamic:
             sigma = self.shift * t / (1 + (self.shift - 1) * t)
         else:

@@ -7,6 +7,7 @@ the timed rounds after warm-up. The last line is one JSON object for scripts.
     python scripts/benchmark.py --model tiny --device cpu
     python scripts/benchmark.py --model sd21-shaped --device cuda --precision fp16 --batch-size 8
     python scripts/benchmark.py --model sd35m-shaped --device cuda --precision bf16 --batch-size 4 --steps 28
+    python scripts/benchmark.py --model flux-shaped --device cuda --precision bf16 --batch-size 1 --steps 28
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from asyndm.backends import backend_for_pipeline  # noqa: E402
 from asyndm.models import built_in_source, check_source, load_backend, resolve_device, resolve_dtype  # noqa: E402
 from asyndm.offline import BUILDERS  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
+from asyndm.offline.flux import flux_dev_shaped_pipeline  # noqa: E402
 from asyndm.offline.sd3 import sd35_medium_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
@@ -77,7 +79,8 @@ def _rss() -> int:
 
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
-SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sd35m-shaped": sd35_medium_shaped_pipeline}
+SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sd35m-shaped": sd35_medium_shaped_pipeline,
+          "flux-shaped": flux_dev_shaped_pipeline}
 BUILT_IN = tuple(BUILDERS)
 
 

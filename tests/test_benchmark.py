@@ -22,3 +22,14 @@ def test_benchmark_prints_a_table_and_a_json_last_line(capsys):
         assert summary[key] > 0, key
     ratio = summary["asyndm_s_per_image"] / summary["vanilla_s_per_image"]
     assert abs(summary["asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
+
+
+def test_benchmark_runs_the_mmdit_families(capsys):
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    for model, side in (("tiny_sd3", "64"), ("tiny_flux", "128")):
+        summary = benchmark.main(["--model", model, "--device", "cpu", "--steps", "2", "--batch-size", "1",
+                                  "--repeats", "1", "--resolution", side])
+        assert summary["model"] == model and summary["resolution"] == int(side)
+        assert summary["asyndm_s_per_image"] > 0 and summary["vanilla_s_per_image"] > 0

@@ -55,10 +55,10 @@ def test_background_sigmas_equal_flux_scheduler_with_the_pipelines_mu(steps, tok
     timeline = flow_timeline(flux_timesteps(sched, steps), "cpu")
     mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
     sched.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-    flow = FlowShift.from_scheduler(sched)
+    flow = FlowShift.from_scheduler(sched, precision=torch.float32)  # it shifts the pipeline's float32 sigmas
     assert flow.mu(tokens) == pytest.approx(mu, abs=1e-12)
-    # the scheduler shifts in float32 numpy, we in float64: at most one float32 ulp apart
-    torch.testing.assert_close(flow.sigmas(timeline.sync_states, tokens), sched.sigmas[:-1], rtol=0, atol=1.2e-7)
+    assert torch.equal(flow.sigmas(timeline.sync_states, tokens), sched.sigmas[:-1])
+    assert torch.equal(flow.model_timesteps(timeline.sync_states, tokens), sched.timesteps)
     background = background_states(timeline, steps)
     torch.testing.assert_close(flow.sigmas(background, tokens), sched.sigmas[:-1], rtol=0, atol=3e-7)
 

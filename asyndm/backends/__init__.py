@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from .base import Backend, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
+from .flux import FluxBackend
 from .sd import StableDiffusionBackend
 from .sd3 import StableDiffusion3Backend
 
 BACKENDS: dict[str, type[Backend]] = {
-    cls.family: cls for cls in (StableDiffusionBackend, StableDiffusion3Backend)
+    cls.family: cls for cls in (StableDiffusionBackend, StableDiffusion3Backend, FluxBackend)
 }
 
 # Pipelines that share a supported family's checkpoints but not its task.
@@ -21,6 +22,7 @@ UNSUPPORTED = {
     "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image-to-image on already denoised latents)",
     "StableDiffusionImg2ImgPipeline": "an image-to-image pipeline",
     "StableDiffusion3Img2ImgPipeline": "an image-to-image pipeline",
+    "FluxImg2ImgPipeline": "an image-to-image pipeline",
 }
 
 
@@ -37,4 +39,5 @@ def backend_for_pipeline(class_name: str, source: str = "") -> type[Backend]:
 
 
 __all__ = ["BACKENDS", "Backend", "ItemTokens", "Prediction", "PromptConditioning", "TextConditioning", "Timeline",
-           "StableDiffusionBackend", "StableDiffusion3Backend", "backend_for_pipeline"]
+           "StableDiffusionBackend", "StableDiffusion3Backend", "FluxBackend",
+           "backend_for_pipeline"]

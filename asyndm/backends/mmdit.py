@@ -73,7 +73,7 @@ class FlowTransformerBackend(Backend):
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
         self.text_timestep = text_timestep
-        self.shift = FlowShift.from_scheduler(pipe.scheduler)
+        self.shift = FlowShift.from_scheduler(pipe.scheduler, self.shift_precision())
         self.token_timesteps = TokenTimesteps(pipe.transformer)
 
     # --------------------------------------------------------------- components and sizes
@@ -108,6 +108,10 @@ class FlowTransformerBackend(Backend):
         return randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
 
     # --------------------------------------------------------------- timeline
+
+    def shift_precision(self) -> torch.dtype:
+        """The dtype the scheduler shifts its sigmas in, as the family's pipeline drives it (asyndm/flow.py)."""
+        return torch.float64
 
     @abstractmethod
     def unshifted_timesteps(self, num_steps: int) -> np.ndarray:
