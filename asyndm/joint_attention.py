@@ -62,20 +62,25 @@ def item_probabilities(query: torch.Tensor, keys: torch.Tensor, weights: torch.T
 
     ``weights`` (L, n_items) weigh the text keys ``text_start … text_start + L``; the softmax is over all S keys.
     """
-    batch, heads, queries, _ = query.shape
+    batch, heads, queries, head_dim = query.shape
     keys_total = keys.shape[2]
     length, items = weights.shape
-    width = -(-items // 8) * 8  # value width padded to a multiple of 8 (fused-kernel alignment)
+    # values as wide as the heads: the fused (flash) kernels want equal widths, and fall back to a far
+    # slower path otherwise (measured on the CPU: 18 ms for width 8 against 5 ms for width 16 = head_dim)
+    width = -(-items // head_dim) * head_dim
     values = query.new_zeros(keys_total, width)
     values[text_start : text_start + length, :items] = weights.to(query.dtype)
     group = max(1, _MAX_SCORES // max(1, batch * queries * keys_total))
-    total = None
-    for start in range(0, heads, group):
-        q, k = query[:, start : start + group], keys[:, start : start + group]
-        v = values.expand(batch, q.shape[1], keys_total, width)
-        part = F.scaled_dot_product_attention(q, k, v).float().sum(dim=1)  # (B, N, width)
-        total = part if total is None else total + part
-    return (total[..., :items] / heads).transpose(1, 2)
+    parts = []
+    for column in range(0, width, head_dim):
+        total = None
+        for start in range(0, heads, group):
+            q, k = query[:, start : start + group], keys[:, start : start + group]
+            v = values[:, column : column + head_dim].expand(batch, q.shape[1], keys_total, head_dim)
+            part = F.scaled_dot_product_attention(q, k, v).float().sum(dim=1)  # (B, N, head_dim)
+            total = part if total is None else total + part
+        parts.append(total)
+    return (torch.cat(parts, dim=-1)[..., :items] / heads).transpose(1, 2)
 
 
 def sd3_query_keys(attn, hidden_states, encoder_hidden_states, text_length, **_):
