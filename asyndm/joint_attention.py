@@ -114,18 +114,24 @@ def flux_query_keys(attn, hidden_states, encoder_hidden_states, text_length, ima
 
     if getattr(attn, "fused_projections", False):
         raise NotImplementedError("fused QKV projections: unfuse them (transformer.unfuse_qkv_projections())")
-    query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-    key = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-    text = text_length
-    if encoder_hidden_states is not None:
+
+    def heads(x):
+        return x.unflatten(-1, (-1, attn.head_dim))
+
+    if encoder_hidden_states is None:  # single-stream: [text; image] in one sequence
+        text = text_length
+        query = attn.norm_q(heads(attn.to_q(hidden_states[:, text:])))  # the image queries only
+        key = attn.norm_k(heads(attn.to_k(hidden_states)))
+    else:
         text = encoder_hidden_states.shape[1]
-        text_query = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        text_key = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        query, key = torch.cat([text_query, query], dim=1), torch.cat([text_key, key], dim=1)
+        query = attn.norm_q(heads(attn.to_q(hidden_states)))
+        text_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
+        key = torch.cat([text_key, attn.norm_k(heads(attn.to_k(hidden_states)))], dim=1)
     if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        cos, sin = image_rotary_emb
+        query = apply_rotary_emb(query, (cos[text:], sin[text:]), sequence_dim=1)
         key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-    return query[:, text:].transpose(1, 2), key.transpose(1, 2), 0
+    return query.transpose(1, 2), key.transpose(1, 2), 0
 
 
 class CapturingJointProcessor:
