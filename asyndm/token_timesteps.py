@@ -90,10 +90,14 @@ class _Modulation:
         self.table = table.view(table.shape[0], chunks, -1)
         self.token_rows = token_rows  # (B, L)
 
-    def chunk(self, index: int) -> torch.Tensor:
-        """(B, L, D) chunk ``index`` of every token's row."""
+    def chunk(self, index: int, plus_one: bool = False) -> torch.Tensor:
+        """(B, L, D) chunk ``index`` of every token's row; ``plus_one``: 1 + the chunk (a scale), added
+        on the table's few rows before the gather: the same sums as the model's ``1 + scale``."""
         rows = self.token_rows
-        return self.table[:, index].index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+        column = self.table[:, index]
+        if plus_one:
+            column = 1 + column
+        return column.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
 
 
 class _BlockSlot:
@@ -213,14 +217,14 @@ class TokenTimesteps:
             modulation = _Modulation(table, chunks, rows.sequence_rows(x.shape[1]))
             slot.modulation = modulation
             normed = norm.norm(x)
-            out = normed * (1 + modulation.chunk(1)) + modulation.chunk(0)
+            out = normed * modulation.chunk(1, plus_one=True) + modulation.chunk(0)
             one = x.new_ones(x.shape[0], x.shape[-1])
             zero = x.new_zeros(x.shape[0], x.shape[-1])
             if kind == "single":
                 return out, one
             if kind == "zero":
                 return out, one, zero, zero, one
-            out2 = normed * (1 + modulation.chunk(7)) + modulation.chunk(6)
+            out2 = normed * modulation.chunk(7, plus_one=True) + modulation.chunk(6)
             return out, one, zero, zero, one, out2, one
 
         return forward
@@ -230,7 +234,7 @@ class TokenTimesteps:
         def forward(x, conditioning_embedding):
             table = norm.linear(norm.silu(rows.temb).to(x.dtype))
             modulation = _Modulation(table, 2, rows.sequence_rows(x.shape[1]))
-            return norm.norm(x) * (1 + modulation.chunk(0)) + modulation.chunk(1)
+            return norm.norm(x) * modulation.chunk(0, plus_one=True) + modulation.chunk(1)
 
         return forward
 
@@ -252,6 +256,6 @@ def _shift_scale(slot: _BlockSlot, shift: int, scale: int):
 
     def hook(module, inputs, output):
         modulation = slot.take()
-        return output * (1 + modulation.chunk(scale)) + modulation.chunk(shift)
+        return output * modulation.chunk(scale, plus_one=True) + modulation.chunk(shift)
 
     return hook

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 import asyndm.backends.mmdit as mmdit
-from asyndm.backends import ItemTokens
 from asyndm.callbacks import RecordTimesteps
 from asyndm.joint_attention import JointAttentionStore, capture_joint_attention, sd3_query_keys
 from asyndm.sampler import AsyncSampler, SamplingSettings
@@ -253,3 +252,28 @@ def test_cli_on_an_sd3_folder_writes_paired_files_and_dm_equals_diffusers(tiny_s
     dm = torch.from_numpy(np.stack([np.load(run_dir / "latents" / f"{j:05}_dm.npy") for j in range(2)]))
     reference = pipeline_latents(tiny_sd3_backend, 4, 5.0)  # seeds seed + j, guidance 5, negative ""
     torch.testing.assert_close(dm, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset,smoke,model,steps,guidance", [
+    ("sd35_medium", "tiny_sd3", "stabilityai/stable-diffusion-3.5-medium", 40, 4.5),
+    ("sd35_large", "tiny_sd3", "stabilityai/stable-diffusion-3.5-large", 28, 3.5),
+    ("flux_dev", "tiny_flux", "black-forest-labs/FLUX.1-dev", 28, 3.5),
+    ("flux_schnell", "tiny_flux", "black-forest-labs/FLUX.1-schnell", 4, 0.0),
+])
+def test_mmdit_presets_compose(preset, smoke, model, steps, guidance):
+    from hydra import compose, initialize_config_dir
+
+    from asyndm.config import CONF_DIR, register_resolvers, validate
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        tiny = compose(config_name="config", overrides=[f"experiment={preset}", f"+smoke={smoke}"],
+                       return_hydra_config=True)
+    validate(cfg)
+    validate(tiny)
+    assert (cfg.model.path, cfg.sample.steps, cfg.sample.guidance_scale, cfg.precision) == (model, steps, guidance, "bf16")
+    assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"] and cfg.prompts.item_tokens == "legacy"
+    assert tiny.model.builder == smoke and tiny.precision == "fp32" and tiny.sample.steps == 3
+    assert tiny.hydra.sweep.dir == f"outputs/sweeps/smoke/{preset}"
+    assert tiny.sample.height == (256 if smoke == "tiny_flux" else None)
