@@ -68,19 +68,18 @@ class TokenRows:
 def distinct_rows(timesteps: torch.Tensor, text_timesteps: torch.Tensor) -> tuple[torch.Tensor, TokenRows]:
     """The extended timestep vector and the token rows for a (B, N) map of model timesteps.
 
-    Returns ``extended`` (B + B·U,): the text-stream timesteps, then for each sample the U distinct
-    timesteps of the whole batch; and the ``TokenRows`` that index it. ``torch.unique`` needs U on the
-    host: one small synchronisation per call (docs/mmdit.md, "Cost").
+    Returns ``extended`` (B + P,): the text-stream timesteps, then the P distinct (sample, timestep)
+    pairs of the map, sample by sample (each sample's own distinct timesteps: a sample's modulation
+    also depends on its pooled text); and the ``TokenRows`` that index it. ``torch.unique`` needs P on
+    the host: one small synchronisation per call (docs/mmdit.md, "Cost").
     """
-    batch = timesteps.shape[0]
-    values, inverse = torch.unique(timesteps, return_inverse=True)  # values: (U,), inverse: (B, N)
-    count = values.numel()
-    device = timesteps.device
-    samples = torch.arange(batch, device=device)
-    extended = torch.cat([text_timesteps.to(values.dtype), values.repeat(batch)])
-    sample_of_row = torch.cat([samples, samples.repeat_interleave(count)])
-    image_rows = batch + samples[:, None] * count + inverse.reshape(batch, -1)
-    return extended, TokenRows(sample_of_row, image_rows)
+    batch, tokens = timesteps.shape
+    samples = torch.arange(batch, device=timesteps.device)
+    pairs = torch.stack([samples.repeat_interleave(tokens).to(timesteps.dtype), timesteps.reshape(-1)], dim=1)
+    distinct, inverse = torch.unique(pairs, dim=0, return_inverse=True)  # (P, 2) by sample, then timestep
+    extended = torch.cat([text_timesteps.to(timesteps.dtype), distinct[:, 1]])
+    sample_of_row = torch.cat([samples, distinct[:, 0].long()])
+    return extended, TokenRows(sample_of_row, batch + inverse.view(batch, tokens))
 
 
 class _Modulation:

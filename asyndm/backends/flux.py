@@ -146,17 +146,28 @@ class FluxBackend(FlowTransformerBackend):
             raise ValueError("this FLUX checkpoint embeds the guidance scale: call it through a guidance rule that "
                              "supplies one (the family's default, sample.guidance_scale)")
         states = text.tensors["encoder_hidden_states"]
+        text_ids, image_ids = self._position_ids(states.shape[1], height, width, latents.dtype)
         out = self.transformer(
             hidden_states=pipe._pack_latents(latents, batch, channels, height, width),
             timestep=timestep.to(latents.dtype) / 1000,  # the pipeline's (t in the latents' dtype) / 1000
             guidance=guidance,
             pooled_projections=text.tensors["pooled_projections"],
             encoder_hidden_states=states,
-            txt_ids=torch.zeros(states.shape[1], 3, device=self.device, dtype=states.dtype),
-            img_ids=pipe._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, latents.dtype),
+            txt_ids=text_ids,
+            img_ids=image_ids,
             return_dict=False,
         )[0]
         return pipe._unpack_latents(out, height * factor, width * factor, factor)
+
+    def _position_ids(self, text_length: int, height: int, width: int, dtype: torch.dtype):
+        """The pipeline's text ids (zeros) and image ids (row, column per token), made once per size:
+        the pipeline builds them on the host, and a host-to-device copy per call would be wasted."""
+        key = (text_length, height, width, dtype)
+        if getattr(self, "_ids", (None,))[0] != key:
+            text_ids = torch.zeros(text_length, 3, device=self.device, dtype=dtype)
+            image_ids = self.pipe._prepare_latent_image_ids(1, height // 2, width // 2, self.device, dtype)
+            self._ids = (key, text_ids, image_ids)
+        return self._ids[1:]
 
     @property
     def joint_attention_layers(self) -> list:
