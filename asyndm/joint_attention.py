@@ -76,7 +76,8 @@ def item_probabilities(query: torch.Tensor, keys: torch.Tensor, weights: torch.T
         total = None
         for start in range(0, heads, group):
             q, k = query[:, start : start + group], keys[:, start : start + group]
-            v = values[:, column : column + head_dim].expand(batch, q.shape[1], keys_total, head_dim)
+            # materialised, not a stride-0 expand: the fused CUDA kernels want ordinary strides
+            v = values[:, column : column + head_dim].expand(batch, q.shape[1], keys_total, head_dim).contiguous()
             part = F.scaled_dot_product_attention(q, k, v).float().sum(dim=1)  # (B, N, head_dim)
             total = part if total is None else total + part
         parts.append(total)
