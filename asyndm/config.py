@@ -20,6 +20,9 @@ from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found thro
 # changes only those resumes the same folder.
 HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sample", "seed", "precision")
 UNHASHED_SAMPLE_KEYS = ("batch_size",)
+# Keys added after run folders existed: left out of the hash while they hold these defaults, so the
+# folders of earlier runs keep their names (and resume).
+LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None}}
 # The sampler's semantics, part of every run's identity: 2 = the reference's mask timing and curve
 # numerics (METHOD.md §3, §6). Folders sampled by an earlier version are refused, not resumed into.
 SAMPLER_SEMANTICS = 2
@@ -58,6 +61,11 @@ def config_hash(cfg: DictConfig) -> str:
         subset[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     for key in UNHASHED_SAMPLE_KEYS:
         (subset.get("sample") or {}).pop(key, None)
+    for group, defaults in LATER_KEY_DEFAULTS.items():
+        node = subset.get(group) or {}
+        for key, default in defaults.items():
+            if key in node and node[key] == default:
+                node.pop(key)
     if "sample" in subset and subset["sample"] is not None:
         subset["sample"]["generator_device"] = generator_device(cfg)
     prompts = subset.get("prompts") or {}
@@ -197,7 +205,14 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.mask.threshold > 0, f"mask.threshold={cfg.mask.threshold}: must be positive (default 1.0)")
     res = cfg.mask.resolution
     _require(res is None or (isinstance(res, int) and res > 0), f"mask.resolution={res}: a positive grid side or null")
+    blocks = cfg.mask.get("blocks")
+    _require(blocks is None or (len(blocks) > 0 and all(isinstance(b, int) and b >= 0 for b in blocks)),
+             f"mask.blocks={blocks}: a list of block indices (0 = the first transformer block) or null")
     s = cfg.sample
+    for key in ("height", "width"):
+        size = s.get(key)
+        _require(size is None or (isinstance(size, int) and size > 0), f"sample.{key}={size}: a positive number of pixels or null")
+    _require(s.get("true_cfg_scale", 1.0) >= 1, f"sample.true_cfg_scale={s.get('true_cfg_scale')}: 1 (off) or more")
     _require(isinstance(s.steps, int) and s.steps >= 2, f"sample.steps={s.steps}: needs at least 2 steps (paper: 50)")
     _require(s.eta >= 0, f"sample.eta={s.eta}: must be >= 0 (DDIM: 0 deterministic, paper: 1.0)")
     _require(s.batch_size >= 1, f"sample.batch_size={s.batch_size}: must be at least 1")

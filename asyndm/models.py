@@ -146,11 +146,44 @@ def load_tokenizer(source: str, subfolder: str = "tokenizer"):
     return tokenizer
 
 
-def load_backend(source: str, device: torch.device, dtype: torch.dtype):
-    """Load the pipeline at ``source`` into the backend of its family."""
+def load_t5_tokenizer(source: str, subfolder: str):
+    """The pipeline's T5 tokenizer in ``subfolder``, or None where the pipeline has none (a dropped T5)."""
+    entry = model_index(source).get(subfolder)
+    if not isinstance(entry, list) or None in entry:
+        return None
+    from transformers import T5TokenizerFast
+
+    return _from_pretrained(T5TokenizerFast.from_pretrained, source, subfolder=subfolder)
+
+
+# model.<key> settings a backend's constructor takes (absent from a family that has no such choice)
+BACKEND_OPTIONS = ("text_timestep",)
+
+
+def backend_options(model_cfg) -> dict:
+    """The family settings the model config sets (``model.text_timestep``), and the components it skips."""
+    options = {key: model_cfg.get(key) for key in BACKEND_OPTIONS if model_cfg.get(key) is not None}
+    skip = model_cfg.get("skip_components")
+    return {**options, "skip_components": tuple(skip)} if skip else options
+
+
+def load_backend(source: str, device: torch.device, dtype: torch.dtype, skip_components=(), **options):
+    """Load the pipeline at ``source`` into the backend of its family.
+
+    ``skip_components``: pipeline components to load as None where diffusers allows it (SD3's T5:
+    ``text_encoder_3``, ``tokenizer_3``). ``options``: the family's settings (``model.text_timestep``).
+    """
+    import inspect
+
     cls = backend_class(source)
-    pipe = _from_pretrained(cls.load_pipeline, source, **pipeline_dtype(dtype), **_absent_components(source))
-    return cls(pipe, device, dtype)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise ModelError(f"model.{unknown[0]} is not a setting of the {cls.family} family; remove it")
+    skipped = {name: None for name in skip_components or ()}
+    pipe = _from_pretrained(cls.load_pipeline, source, **pipeline_dtype(dtype), **_absent_components(source),
+                            **skipped)
+    return cls(pipe, device, dtype, **options)
 
 
 def pipeline_dtype(dtype: torch.dtype) -> dict[str, torch.dtype]:

@@ -46,12 +46,17 @@ class AsyncPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, source: str, torch_dtype: torch.dtype | str = torch.float32, device: str | torch.device = "auto"
+        cls, source: str, torch_dtype: torch.dtype | str = torch.float32, device: str | torch.device = "auto",
+        **options,
     ) -> "AsyncPipeline":
-        """A diffusers folder, a hub id, or a built-in name (``"tiny"``, ``"toy"``)."""
+        """A diffusers folder, a hub id, or a built-in name (``"tiny"``, ``"toy"``, ``"tiny_sd3"``, ``"tiny_flux"``).
+
+        ``options``: ``skip_components`` (e.g. SD3's ``["text_encoder_3", "tokenizer_3"]``) and family
+        settings (``text_timestep`` for SD3 and Flux), as the ``model.*`` config keys.
+        """
         resolved = _built_in(source) or check_source(str(source))
         device = device if isinstance(device, torch.device) else resolve_device(str(device))
-        return cls(load_backend(resolved, device, resolve_dtype(torch_dtype)), resolved)
+        return cls(load_backend(resolved, device, resolve_dtype(torch_dtype), **options), resolved)
 
     def item_tokens(self, spec: PromptSpec, mode: str = "word") -> ItemTokens:
         return self.backend.item_tokens(spec.prompt, spec.items, spec.legacy_item_idx, mode)
@@ -100,8 +105,10 @@ class AsyncPipeline:
         mask: str | torch.Tensor = "dynamic",
         mask_threshold: float = 1.0,
         mask_resolution: int | None = None,
+        mask_blocks: Sequence[int] | None = None,
         height: int | None = None,
         width: int | None = None,
+        true_cfg_scale: float = 1.0,
         item_tokens: str = "word",
         legacy_item_idx: Sequence[int] | None = None,
         curve_semantics: str = "reference",
@@ -127,8 +134,9 @@ class AsyncPipeline:
         settings = SamplingSettings(
             steps=num_inference_steps, eta=eta, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
             curve=curve, curve_semantics=curve_semantics, mask_mode="dynamic" if given is not None else mask,
-            mask_threshold=mask_threshold, mask_resolution=mask_resolution, height=height, width=width,
-            variant_options=variant_options or {}, show_progress=show_progress,
+            mask_threshold=mask_threshold, mask_resolution=mask_resolution,
+            mask_blocks=tuple(mask_blocks) if mask_blocks is not None else None, height=height, width=width,
+            true_cfg_scale=true_cfg_scale, variant_options=variant_options or {}, show_progress=show_progress,
         )
         seeds = [seed + j for j in range(num_images)]
         return self.generate(spec, seeds, settings, variants, item_tokens, given, callbacks, output_type)

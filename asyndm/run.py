@@ -21,7 +21,7 @@ from . import config as config_mod
 from .callbacks import TimestepTrace
 from .errors import ConfigError
 from .history import invocation
-from .models import backend_class, load_backend, model_source, resolve_device, resolve_dtype
+from .models import backend_class, backend_options, load_backend, model_source, resolve_device, resolve_dtype
 from .outputs import atomic_write_bytes, mask_overlay, save_array, save_image, write_table
 from .pipeline import AsyncPipeline
 from .plan import (
@@ -86,8 +86,10 @@ def sampling_settings(cfg: DictConfig) -> SamplingSettings:
         mask_mode=cfg.mask.name,
         mask_threshold=cfg.mask.threshold,
         mask_resolution=cfg.mask.resolution,
+        mask_blocks=tuple(cfg.mask.blocks) if cfg.mask.get("blocks") is not None else None,
         height=s.get("height"),
         width=s.get("width"),
+        true_cfg_scale=s.get("true_cfg_scale", 1.0),
         generator_device=config_mod.generator_device(cfg),
         variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # conf/variant/
         show_progress=cfg.progress,
@@ -132,7 +134,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     todo = [b for b in batches if missing_variants(run_dir, b, variants, cfg.save)]
     log.info("run folder %s: %d of %d batches to sample", run_dir, len(todo), len(batches))
     if todo:
-        pipe = AsyncPipeline(load_backend(source, device, resolve_dtype(cfg.precision)), source)
+        backend = load_backend(source, device, resolve_dtype(cfg.precision), **backend_options(cfg.model))
+        pipe = AsyncPipeline(backend, source)
         settings = sampling_settings(cfg)
         for batch in tqdm(todo, desc="batches", disable=not cfg.progress):
             missing = missing_variants(run_dir, batch, variants, cfg.save)

@@ -45,8 +45,10 @@ class SamplingSettings:
     mask_mode: str = "dynamic"
     mask_threshold: float = 1.0
     mask_resolution: int | None = None  # side of the attention grid; None = the backend's default
+    mask_blocks: tuple[int, ...] | None = None  # transformer blocks the masks read; None = the backend's default
     height: int | None = None  # image size in pixels; None = the pipeline's default
     width: int | None = None
+    true_cfg_scale: float = 1.0  # guidance-distilled families: classifier-free guidance on top (1 = off)
     generator_device: str | None = None  # where noise is drawn; None = the sampling device
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
@@ -103,12 +105,16 @@ class AsyncSampler:
         self.height, self.width = settings.height or backend.default_size[0], settings.width or backend.default_size[1]
 
     def guidance(self, variant: str) -> GuidanceRule:
-        """The variant's rule with the run's scale and its options (``variant_options[options_name]``)."""
+        """The variant's rule with the run's scale and its options (``variant_options[options_name]``);
+        the family's own guidance (variants without options) takes the run's ``true_cfg_scale``."""
         spec = get_variant(variant)
         options = self.settings.variant_options.get(spec.options_name) or {}
         spec.check_options(options)
+        if spec.options is None:
+            options = {"true_cfg_scale": self.settings.true_cfg_scale}
         return spec.guidance(self.backend, self.settings.guidance_scale, options)
 
+    @torch.no_grad()  # as the pipelines encode: no autograd graph, and the same inference kernels
     def encode(self, prompt: str, batch: int, variants: Sequence[str] | None = None) -> PromptConditioning:
         """The prompt's conditioning; the negative prompt's too where a variant's guidance needs it."""
         guided = any(self.guidance(v).guided for v in (variants or VARIANTS))
@@ -154,7 +160,7 @@ class AsyncSampler:
         generators = backend.generators(seeds, s.generator_device)
         latents = backend.initial_latents(generators, self.height, self.width)
         capture = dynamic or any(getattr(cb, "needs_item_maps", False) for cb in callbacks)
-        attention = backend.item_attention(tokens, latents, s.mask_resolution) if capture else None
+        attention = backend.item_attention(tokens, latents, s.mask_resolution, s.mask_blocks) if capture else None
         schedule = self._schedule(kind, latents, tokens, item_k, masks, attention)
         with attention if attention is not None else nullcontext():
             latents = denoise(backend, schedule, self.guidance(variant), cond, latents, generators, s.steps, s.eta,

@@ -20,8 +20,9 @@ COMPOSE = "+"  # "<schedule variant>+<guidance variant>"
 
 
 def family_guidance(backend, guidance_scale: float, options: Mapping[str, Any]) -> GuidanceRule:
-    """The model family's own guidance at the run's scale (classifier-free guidance for SD)."""
-    return backend.guidance_rule(guidance_scale)
+    """The model family's own guidance at the run's scale (classifier-free guidance for SD; Flux-dev
+    embeds the scale and adds classifier-free guidance at ``true_cfg_scale``)."""
+    return backend.guidance_rule(guidance_scale, float(options.get("true_cfg_scale", 1.0)))
 
 
 @dataclass(frozen=True)

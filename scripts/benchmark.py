@@ -10,6 +10,8 @@ object for scripts.
     python scripts/benchmark.py --model tiny --device cpu --variants dm,asyndm,cfgpp,zsampling,seg,scfg,attend_excite
     python scripts/benchmark.py --model sd21-shaped --device cuda --precision fp16 --batch-size 8
     python scripts/benchmark.py --model sdxl-shaped --device cuda --precision fp16 --batch-size 4
+    python scripts/benchmark.py --model sd35m-shaped --device cuda --precision bf16 --batch-size 4 --steps 28
+    python scripts/benchmark.py --model flux-shaped --device cuda --precision bf16 --batch-size 1 --steps 28
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from asyndm.models import (  # noqa: E402
     resolve_dtype,
 )
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
+from asyndm.offline.flux import flux_dev_shaped_pipeline  # noqa: E402
+from asyndm.offline.sd3 import sd35_medium_shaped_pipeline  # noqa: E402
 from asyndm.offline.sdxl import sdxl_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
@@ -87,8 +91,9 @@ def _rss() -> int:
 
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
-SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sdxl-shaped": sdxl_shaped_pipeline}
-BUILT_IN = built_in_names()  # tiny (built offline), toy (shipped), ...
+SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sdxl-shaped": sdxl_shaped_pipeline,
+          "sd35m-shaped": sd35_medium_shaped_pipeline, "flux-shaped": flux_dev_shaped_pipeline}
+BUILT_IN = built_in_names()  # tiny, tiny_sdxl, tiny_sd3, tiny_flux (built offline), toy (shipped)
 
 
 def build_backend(model: str, device, dtype):
@@ -97,7 +102,8 @@ def build_backend(model: str, device, dtype):
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # built in the run's precision: no fp32 copy (SDXL's is 14 GB)
         try:
-            pipe = SHAPED[model]()
+            with torch.device(device):  # random weights made where they run: 12 B parameters init fast on a GPU
+                pipe = SHAPED[model]()
         finally:
             torch.set_default_dtype(previous)
         return backend_for_pipeline(type(pipe).__name__)(pipe, device, dtype)

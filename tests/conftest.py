@@ -47,6 +47,34 @@ def tiny_pipe(tiny_backend, tiny_path):
     return AsyncPipeline(tiny_backend, str(tiny_path))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd3_path():
+    from asyndm.offline.sd3 import build_tiny_sd3
+
+    return build_tiny_sd3()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_backend(tiny_sd3_path):
+    from asyndm.models import load_backend
+
+    return load_backend(str(tiny_sd3_path), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_path():
+    from asyndm.offline.flux import build_tiny_flux
+
+    return build_tiny_flux()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_backend(tiny_flux_path):
+    from asyndm.models import load_backend
+
+    return load_backend(str(tiny_flux_path), torch.device("cpu"), torch.float32)
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     """A fresh model cache for one test module (tiny VLM/BERT built there); loaded models dropped after."""

@@ -36,4 +36,31 @@ def test_shaped_models_include_sdxl():
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    assert {"sd21-shaped", "sdxl-shaped"} <= set(benchmark.SHAPED) and "tiny_sdxl" in benchmark.BUILT_IN
+    assert {"sd21-shaped", "sdxl-shaped", "sd35m-shaped", "flux-shaped"} <= set(benchmark.SHAPED)
+    assert {"tiny_sdxl", "tiny_sd3", "tiny_flux", "toy"} <= set(benchmark.BUILT_IN)
+
+
+def test_benchmark_runs_the_mmdit_families(capsys):
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    for model, side in (("tiny_sd3", "64"), ("tiny_flux", "128")):
+        summary = benchmark.main(["--model", model, "--device", "cpu", "--steps", "2", "--batch-size", "1",
+                                  "--repeats", "1", "--resolution", side])
+        assert summary["model"] == model and summary["resolution"] == int(side)
+        assert summary["asyndm_s_per_image"] > 0 and summary["vanilla_s_per_image"] > 0
+
+
+def test_the_shaped_mmdit_architectures_build(monkeypatch):
+    """--model sd35m-shaped / flux-shaped: the real architectures (on the meta device: no memory, no time)."""
+    import torch
+
+    from asyndm.offline.flux import flux_dev_shaped_pipeline
+    from asyndm.offline.sd3 import sd35_medium_shaped_pipeline
+
+    with torch.device("meta"):
+        sd35, flux = sd35_medium_shaped_pipeline(), flux_dev_shaped_pipeline()
+    billions = lambda module: sum(p.numel() for p in module.parameters()) / 1e9  # noqa: E731
+    assert 2.2 < billions(sd35.transformer) < 2.3 and len(sd35.transformer.transformer_blocks) == 24
+    assert 11.8 < billions(flux.transformer) < 12.0 and len(flux.transformer.single_transformer_blocks) == 38
+    assert sd35.default_sample_size * sd35.vae_scale_factor == flux.default_sample_size * flux.vae_scale_factor == 1024

@@ -114,3 +114,17 @@ def test_presets_add_the_baselines_with_one_switch():
     cfg = _composed("experiment=table1_animal", "baselines=true")
     validate(cfg)
     assert list(cfg.variants) == ["dm", "dm_concave", "asyndm", "zsampling", "seg", "scfg", "cfgpp", "attend_excite"]
+def test_keys_added_later_keep_earlier_run_folders_at_their_defaults(tmp_path):
+    """sample.height/width/true_cfg_scale and mask.blocks came later: at their defaults the hash is the
+    one runs made before them have (so their folders resume); set, they change it."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat", "items": ["cat"], "k": [0.5]}\n')
+    model = _model_folder(tmp_path / "m", steps=100)
+    before = config_hash(_cfg(model, prompts))
+    later = _cfg(model, prompts, height=None, width=None, true_cfg_scale=1.0)
+    later.mask.blocks = None
+    assert config_hash(later) == before
+    for key, value in (("height", 512), ("width", 512), ("true_cfg_scale", 4.0)):
+        assert config_hash(_cfg(model, prompts, **{key: value})) != before, key
+    later.mask.blocks = [3, 4]
+    assert config_hash(later) != before

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from .base import Backend, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
+from .flux import FluxBackend
 from .sd import StableDiffusionBackend
 from .sdxl import StableDiffusionXLBackend
+from .sd3 import StableDiffusion3Backend
 
-BACKENDS: dict[str, type[Backend]] = {cls.family: cls for cls in (StableDiffusionBackend, StableDiffusionXLBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    cls.family: cls for cls in (StableDiffusionBackend, StableDiffusionXLBackend, StableDiffusion3Backend, FluxBackend)
+}
 
 # Pipelines that share a supported family's checkpoints but not its task.
 UNSUPPORTED = {
@@ -19,6 +23,8 @@ UNSUPPORTED = {
     "StableDiffusionXLImg2ImgPipeline": "an SDXL refiner (image-to-image on already denoised latents)",
     "StableDiffusionImg2ImgPipeline": "an image-to-image pipeline",
     "StableDiffusionXLInpaintPipeline": "an SDXL inpainting checkpoint (its UNet takes 9 input channels and a mask)",
+    "StableDiffusion3Img2ImgPipeline": "an image-to-image pipeline",
+    "FluxImg2ImgPipeline": "an image-to-image pipeline",
 }
 
 
@@ -35,4 +41,5 @@ def backend_for_pipeline(class_name: str, source: str = "") -> type[Backend]:
 
 
 __all__ = ["BACKENDS", "Backend", "ItemTokens", "Prediction", "PromptConditioning", "TextConditioning", "Timeline",
-           "StableDiffusionBackend", "StableDiffusionXLBackend", "backend_for_pipeline"]
+           "StableDiffusionBackend", "StableDiffusionXLBackend", "StableDiffusion3Backend", "FluxBackend",
+           "backend_for_pipeline"]

@@ -228,8 +228,13 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None) -> ItemAttention:
-        """A context manager that captures item maps on a ``resolution``-sided grid (None: the default)."""
+    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None,
+                       blocks: list[int] | None = None) -> ItemAttention:
+        """A context manager that captures item maps on a ``resolution``-sided grid (None: the default).
+
+        ``blocks``: the transformer blocks whose attention makes the masks (``mask.blocks``; None: the
+        family's default). UNet families, whose layers are chosen by ``resolution``, refuse it.
+        """
 
     @abstractmethod
     def step(
@@ -267,11 +272,15 @@ class Backend(ABC):
         Attend-and-Excite's latent update."""
         raise NotImplementedError(f"the {self.family} backend cannot differentiate through its model")
 
-    def guidance_rule(self, guidance_scale: float):
+    def guidance_rule(self, guidance_scale: float, true_cfg_scale: float = 1.0):
         """The family's own guidance at the run's scale (the pipeline's default behaviour): classifier-
-        free guidance here; guidance-distilled families embed the scale instead."""
+        free guidance here; guidance-distilled families embed the scale instead, and may add classifier-
+        free guidance on top at ``true_cfg_scale`` (``sample.true_cfg_scale``; 1 = off)."""
         from ..guidance import ClassifierFreeGuidance
 
+        if true_cfg_scale != 1:
+            raise ValueError(f"sample.true_cfg_scale={true_cfg_scale} applies to guidance-distilled models (FLUX.1-dev); "
+                             f"this model's classifier-free guidance scale is sample.guidance_scale")
         return ClassifierFreeGuidance(guidance_scale)
 
     # --------------------------------------------------------------- helpers shared by the families

@@ -192,7 +192,11 @@ class StableDiffusionBackend(Backend):
             if attention is not None:
                 attention.disarm()
 
-    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None) -> UNetItemAttention:
+    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None,
+                       blocks=None) -> UNetItemAttention:
+        if blocks is not None:
+            raise ValueError(f"mask.blocks={list(blocks)}: UNet masks come from the layers of mask.resolution; "
+                             f"leave mask.blocks unset")
         return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
 
     # --------------------------------------------------------------- the baselines' capabilities

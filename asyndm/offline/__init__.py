@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .flux import build_tiny_flux
 from .sd import build_tiny_pipeline
 from .sdxl import build_tiny_sdxl_pipeline
+from .sd3 import build_tiny_sd3
 
 BUILDERS: dict[str, Callable[[], Path]] = {
     "tiny": build_tiny_pipeline,
     "tiny_sdxl": build_tiny_sdxl_pipeline,
+    "tiny_sd3": build_tiny_sd3,
+    "tiny_flux": build_tiny_flux,
 }

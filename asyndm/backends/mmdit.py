@@ -1,0 +1,258 @@
+"""What the MMDiT families (SD3, Flux) share: flow matching, per-token AdaLN, joint-attention masks (METHOD.md §9).
+
+- Timeline: the scheduler's *unshifted* timesteps τ (a family method), with §9's Y and o; the model
+  sees σ(s)·num_train_timesteps unrounded, σ the scheduler's static or resolution-dependent shift
+  (``mu`` from the image's token count, as the pipelines compute it: asyndm/flow.py).
+- Update: the element-wise Euler step x' = x + (σ(s') - σ(s))·v.
+- Model call: with a uniform map the plain transformer call; otherwise every image-stream AdaLN is
+  per token (asyndm/token_timesteps.py) and the text stream sees one timestep per sample,
+  ``text_timestep`` of the sample's token states (``min``: the background's, the default).
+- Masks: the image-query × item-token block of the joint attention of ``mask.blocks``
+  (asyndm/joint_attention.py), on the token grid.
+
+A family subclass says how its transformer is called (``_forward``), where its tokens and text
+segments are, and which τ its pipeline uses.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
+from ..joint_attention import JointAttentionStore, capture_joint_attention
+from ..token_timesteps import TokenTimesteps, distinct_rows
+from .base import Backend, ItemAttention, ItemTokens, Prediction, TextConditioning, Timeline
+
+TEXT_TIMESTEPS = ("min", "mean", "max")
+
+
+class JointItemAttention(ItemAttention):
+    """Capturing processors on the attention of the chosen blocks; item maps on the token grid."""
+
+    def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int):
+        self.grid = grid
+        self.store = JointAttentionStore(weights)
+        self.store.text_length = text_length
+        self._capture = capture_joint_attention(layers, self.store, query_keys)
+
+    def __enter__(self):
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._capture.__exit__(*exc)
+
+    def arm(self, rows: slice) -> None:
+        self.store.reset()
+        self.store.rows = rows
+
+    def disarm(self) -> None:
+        self.store.rows = None
+
+    def take(self) -> torch.Tensor:
+        return self.store.item_maps()
+
+
+class FlowTransformerBackend(Backend):
+    """A flow-matching MMDiT pipeline (SD3, Flux) behind the Backend surface."""
+
+    #: the family's query/key recomputation for captures (asyndm/joint_attention.py), a staticmethod
+    query_keys: staticmethod
+
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype, text_timestep: str = "min"):
+        check_scheduler(pipe.scheduler)
+        if text_timestep not in TEXT_TIMESTEPS:
+            raise ValueError(f"model.text_timestep={text_timestep}: choose one of {', '.join(TEXT_TIMESTEPS)}")
+        pipe.to(device)
+        if pipe.transformer.dtype != dtype:  # from_pretrained already applied torch_dtype
+            pipe.to(dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        super().__init__(pipe, device, dtype)
+        self.text_timestep = text_timestep
+        self.shift = FlowShift.from_scheduler(pipe.scheduler, self.shift_precision())
+        self.token_timesteps = TokenTimesteps(pipe.transformer)
+
+    # --------------------------------------------------------------- components and sizes
+
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    @abstractmethod
+    def patch(self) -> int:
+        """Latent pixels per image token along each side (SD3: the patch size; Flux: 2, its packing)."""
+
+    def map_shape(self, latents: torch.Tensor) -> tuple[int, int]:
+        height, width = latents.shape[-2:]
+        return height // self.patch, width // self.patch
+
+    def _check_size(self, height: int, width: int) -> None:
+        step = self.vae_scale_factor * self.patch
+        if height % step or width % step:
+            raise ValueError(f"image size {height}x{width}: height and width must be multiples of {step} for this "
+                             f"model (VAE factor {self.vae_scale_factor} × {self.patch} latent pixels per token); "
+                             f"set sample.height / sample.width")
+
+    def initial_latents(self, generators, height: int, width: int) -> torch.Tensor:
+        """(B, C, h, w) drawn as the pipeline draws them (one generator per image, §7)."""
+        shape = (len(generators), *self.latent_shape(height, width))
+        return randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+
+    # --------------------------------------------------------------- timeline
+
+    def shift_precision(self) -> torch.dtype:
+        """The dtype the scheduler shifts its sigmas in, as the family's pipeline drives it (asyndm/flow.py)."""
+        return torch.float64
+
+    @abstractmethod
+    def unshifted_timesteps(self, num_steps: int) -> np.ndarray:
+        """τ₀ > … > τ_{N-1}: the scheduler's timesteps before its shift, as the family's pipeline makes them."""
+
+    def timeline(self, num_steps: int) -> Timeline:
+        return flow_timeline(self.unshifted_timesteps(num_steps), self.device)
+
+    def sigmas(self, states: torch.Tensor) -> torch.Tensor:
+        """σ per cell of a (B, h, w) state map (the dynamic shift's ``mu`` from its h·w tokens)."""
+        return self.shift.sigmas(states, states.shape[-2] * states.shape[-1])
+
+    def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
+        return self.shift.model_timesteps(states, states.shape[-2] * states.shape[-1])
+
+    # --------------------------------------------------------------- model call
+
+    @abstractmethod
+    def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextConditioning) -> torch.Tensor:
+        """The transformer's output for (B, C, h, w) latents and a timestep vector (the pipeline's own call)."""
+
+    def _text_states(self, states: torch.Tensor) -> torch.Tensor:
+        """(B,) the state the text stream sees: the min / mean / max of the sample's token states."""
+        flat = states.flatten(1)
+        if self.text_timestep == "min":  # every curve stays on or above the linear one: the background's
+            return flat.amin(dim=1)
+        return flat.amax(dim=1) if self.text_timestep == "max" else flat.mean(dim=1)
+
+    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
+        tokens = states.shape[-2] * states.shape[-1]
+        timesteps = self.shift.model_timesteps(states, tokens)  # (B, h, w)
+        if attention is not None and capture_rows is not None:
+            attention.arm(capture_rows)
+        try:
+            if uniform:  # one timestep for every token: the plain diffusers call
+                return self._forward(latents, timesteps[:, 0, 0], text)
+            text_timesteps = self.shift.model_timesteps(self._text_states(states), tokens)
+            extended, rows = distinct_rows(timesteps.flatten(1), text_timesteps)
+            with self.token_timesteps.active(rows):
+                return self._forward(latents, extended, text)
+        finally:
+            if attention is not None:
+                attention.disarm()
+
+    def step(self, prediction: Prediction, latents, states, next_states, eta, generators):
+        """The element-wise flow-matching Euler step (§9); deterministic, so ``eta`` and the generators are unused."""
+        if prediction.renoise is not None:
+            raise NotImplementedError("this guidance rule separates the re-noising output (CFG++-style); the "
+                                      "flow-matching Euler step has a single velocity, so it does not apply here")
+        return euler_step(prediction.output, latents, self.sigmas(states), self.sigmas(next_states))
+
+    # --------------------------------------------------------------- masks
+
+    @property
+    @abstractmethod
+    def joint_attention_layers(self) -> list:
+        """Attention layer of each block that may be captured, in ``mask.blocks`` numbering."""
+
+    @abstractmethod
+    def default_mask_blocks(self) -> list[int]:
+        """The blocks whose joint attention makes the masks unless ``mask.blocks`` says otherwise."""
+
+    @property
+    @abstractmethod
+    def text_segments(self) -> dict[str, tuple[int, int]]:
+        """Name → (start, length) of each text encoder's tokens in the model's text sequence."""
+
+    @property
+    def text_length(self) -> int:
+        return sum(length for _, length in self.text_segments.values())
+
+    def item_weights(self, tokens: ItemTokens) -> torch.Tensor:
+        """(L_text, n_items): item i's map averages its tokens in each segment, then the segments (§9)."""
+        weights = torch.zeros(self.text_length, len(tokens.positions))
+        per_segment = [(self.text_segments[name][0], positions) for name, positions in self._segment_positions(tokens)]
+        for item in range(len(tokens.positions)):
+            found = [(start, positions[item]) for start, positions in per_segment if positions[item]]
+            for start, positions in found:
+                weights[[start + p for p in positions], item] += 1.0 / (len(found) * len(positions))
+        return weights
+
+    @abstractmethod
+    def _segment_positions(self, tokens: ItemTokens) -> list[tuple[str, list[list[int]]]]:
+        """(segment name, positions per item) for every text segment the joint attention sees."""
+
+    def item_attention(self, tokens: ItemTokens, latents: torch.Tensor, resolution: int | None,
+                       blocks=None) -> JointItemAttention:
+        grid = self.map_shape(latents)
+        if resolution is not None and resolution != grid[0]:
+            raise ValueError(f"mask.resolution={resolution}: masks of this model come from its {grid[0]}x{grid[1]} "
+                             f"image-token grid; leave mask.resolution unset (null)")
+        layers = self.joint_attention_layers
+        chosen = list(blocks) if blocks is not None else self.default_mask_blocks()
+        bad = [b for b in chosen if not (isinstance(b, int) and 0 <= b < len(layers))]
+        if bad or not chosen:
+            raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
+        weights = self.item_weights(tokens).to(self.device)
+        return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
+                                  self.text_length)
+
+    # --------------------------------------------------------------- decoding
+
+    def decode(self, latents: torch.Tensor) -> list:
+        """As the pipelines decode: latents / scaling + shift, the VAE, postprocess."""
+        vae = self.pipe.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(images, output_type="pil")
+
+
+# ------------------------------------------------------------------ item words in T5
+
+
+def sentencepiece_positions(tokenizer, prompt: str, items: list[str], max_length: int, clip_tokenizer=None,
+                            clip_positions: list[list[int]] | None = None, mode: str = "word") -> list[list[int]]:
+    """Each item's token positions in a T5 (SentencePiece) encoding of ``prompt`` (no start token).
+
+    ``word`` mode finds the item word's tokens; ``legacy`` mode takes the characters of the CLIP tokens
+    the legacy indices name (``clip_positions``) and returns the T5 tokens that overlap them.
+    """
+    from ..errors import PromptError
+
+    encoded = tokenizer(prompt, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    ids, offsets = encoded.input_ids, encoded.offset_mapping
+    if mode == "legacy":
+        clip = clip_tokenizer(prompt, truncation=True, max_length=clip_tokenizer.model_max_length,
+                              return_offsets_mapping=True).offset_mapping
+        result = []
+        for item, positions in zip(items, clip_positions):
+            spans = [clip[p] for p in positions]
+            found = [i for i, (a, b) in enumerate(offsets) if b > a and any(a < e and s < b for s, e in spans)]
+            if not found:
+                raise PromptError(f"item '{item}' of prompt '{prompt}': its legacy token has no T5 token")
+            result.append(found)
+        return result
+    positions = []
+    for item in items:
+        word = tokenizer(item, add_special_tokens=False).input_ids
+        start = next((i for i in range(len(ids) - len(word) + 1) if ids[i : i + len(word)] == word), -1)
+        if not word or start < 0:
+            raise PromptError(f"item '{item}' is not a word of prompt '{prompt}' as the T5 tokenizer splits it "
+                              f"(or lies past its {max_length}-token limit)")
+        positions.append(list(range(start, start + len(word))))
+    return positions

@@ -1,0 +1,127 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT, flow matching): ``StableDiffusion3Pipeline`` folders (METHOD.md §9).
+
+The text sequence is [CLIP (77 tokens: CLIP-L and CLIP-G features side by side); T5 (256)]; the joint
+attention puts the image tokens first. Item words resolve to their CLIP and T5 positions. T5 may be
+dropped (``+model.skip_components=[text_encoder_3,tokenizer_3]``), as diffusers allows: its 256
+positions then hold zeros and the masks read the CLIP segment alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..flow import scheduler_timesteps
+from ..joint_attention import sd3_query_keys
+from ..tokens import item_token_positions
+from .base import ItemTokens, PromptConditioning, TextConditioning
+from .mmdit import FlowTransformerBackend, sentencepiece_positions
+
+
+def middle_blocks(count: int, share: int = 6) -> list[int]:
+    """About count/share consecutive blocks centred on the middle of ``count`` (at least one)."""
+    chosen = max(1, round(count / share))
+    first = (count - chosen) // 2
+    return list(range(first, first + chosen))
+
+
+class StableDiffusion3Backend(FlowTransformerBackend):
+    """SD3-medium, SD3.5-medium/large(-turbo) and any ``StableDiffusion3Pipeline`` folder."""
+
+    family = "sd3"
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    query_keys = staticmethod(sd3_query_keys)
+    max_sequence_length = 256  # the pipeline's default T5 length
+
+    @classmethod
+    def load_pipeline(cls, source: str, **kwargs):
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline.from_pretrained(source, **kwargs)
+
+    # --------------------------------------------------------------- sizes
+
+    @property
+    def patch(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        side = self.pipe.default_sample_size * self.vae_scale_factor
+        return side, side
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        self._check_size(height, width)
+        factor = self.vae_scale_factor
+        return self.transformer.config.in_channels, height // factor, width // factor
+
+    # --------------------------------------------------------------- prompts
+
+    def encode(self, prompt: str, batch: int, negative_prompt: str, guided: bool) -> PromptConditioning:
+        """As ``StableDiffusion3Pipeline.encode_prompt``: joint text (B, 77 + 256, D) and pooled (B, P)."""
+        positive, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=batch,
+            do_classifier_free_guidance=guided, negative_prompt=negative_prompt,
+            max_sequence_length=self.max_sequence_length,
+        )
+        wrap = lambda states, pooled_: TextConditioning(  # noqa: E731
+            {"encoder_hidden_states": states, "pooled_projections": pooled_})
+        return PromptConditioning(wrap(positive, pooled), wrap(negative, negative_pooled) if guided else None)
+
+    @property
+    def _uses_t5(self) -> bool:
+        return self.pipe.text_encoder_3 is not None and self.pipe.tokenizer_3 is not None
+
+    @classmethod
+    def item_resolver(cls, source: str):
+        from ..models import load_tokenizer, load_t5_tokenizer
+
+        clip = load_tokenizer(source)
+        t5 = load_t5_tokenizer(source, "tokenizer_3")
+        return lambda prompt, items, legacy, mode: _resolve(clip, t5, prompt, items, legacy, mode,
+                                                              cls.max_sequence_length)
+
+    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
+        t5 = self.pipe.tokenizer_3 if self._uses_t5 else None
+        return _resolve(self.pipe.tokenizer, t5, prompt, items, legacy_item_idx, mode, self.max_sequence_length)
+
+    @property
+    def text_segments(self) -> dict[str, tuple[int, int]]:
+        clip = self.pipe.tokenizer_max_length
+        return {"clip": (0, clip), "t5": (clip, self.max_sequence_length)}
+
+    def _segment_positions(self, tokens: ItemTokens):
+        segments = [("clip", tokens.positions)]
+        if "t5" in tokens.extra and self._uses_t5:
+            segments.append(("t5", tokens.extra["t5"]))
+        return segments
+
+    # --------------------------------------------------------------- sampling
+
+    def unshifted_timesteps(self, num_steps: int) -> np.ndarray:
+        """``set_timesteps``'s linspace from σ_max to σ_min (×1000), before it applies the shift."""
+        return scheduler_timesteps(self.pipe.scheduler, num_steps)
+
+    def _forward(self, latents, timestep, text):
+        return self.transformer(
+            hidden_states=latents,
+            timestep=timestep,
+            encoder_hidden_states=text.tensors["encoder_hidden_states"],
+            pooled_projections=text.tensors["pooled_projections"],
+            return_dict=False,
+        )[0]
+
+    @property
+    def joint_attention_layers(self) -> list:
+        return [block.attn for block in self.transformer.transformer_blocks]
+
+    def default_mask_blocks(self) -> list[int]:
+        return middle_blocks(len(self.transformer.transformer_blocks))
+
+
+def _resolve(clip, t5, prompt, items, legacy, mode, max_length) -> ItemTokens:
+    """CLIP positions (the first text encoder's), and T5's in ``extra['t5']`` where T5 is used."""
+    positions = item_token_positions(clip, prompt, items, legacy, mode)
+    if t5 is None:
+        return ItemTokens(positions)
+    extra = sentencepiece_positions(t5, prompt, items, max_length, clip, positions, mode)
+    return ItemTokens(positions, {"t5": extra})
