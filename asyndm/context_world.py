@@ -220,6 +220,54 @@ def mixed_training_batch(rng: np.random.Generator, batch: int, context_share: fl
     return np.concatenate([p[0] for p in parts]), [c for p in parts for c in p[1]]
 
 
+# ----------------------------------------------------------------------------- ground-truth masks
+
+
+@dataclass(frozen=True)
+class SceneMasks:
+    """Which cells of a grid (the model's latent grid) are object cells and which are context.
+
+    A cell is an item's when any of its pixels belongs to that item's object; every other cell is
+    context (the structure or the white background). `structure` marks cells with structure
+    pixels that are not object cells.
+    """
+
+    objects: np.ndarray  # (n_items, g_h, g_w) bool
+    structure: np.ndarray  # (g_h, g_w) bool
+
+    @property
+    def context(self) -> np.ndarray:
+        """(g_h, g_w) bool: cells of no item."""
+        return ~self.objects.any(axis=0)
+
+    def assignment(self, background: int = -1) -> np.ndarray:
+        """(g_h, g_w) int: the item index of each cell (the first item where objects overlap), else `background`."""
+        index = np.full(self.structure.shape, background, dtype=np.int64)
+        for item in reversed(range(len(self.objects))):
+            index[self.objects[item]] = item
+        return index
+
+
+def pixel_cells(pixels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(g_h, g_w) bool: the cells of a grid over an (H, W) mask that hold a True pixel."""
+    height, width = pixels.shape
+    g_h, g_w = grid
+    if height % g_h or width % g_w:
+        raise ValueError(f"grid {g_h}x{g_w} does not divide the {height}x{width} image into whole cells; "
+                         f"use the model's latent size or a divisor of it")
+    return pixels.reshape(g_h, height // g_h, g_w, width // g_w).any(axis=(1, 3))
+
+
+def scene_masks(scene: ContextScene, grid: tuple[int, int] = (SIZE, SIZE)) -> SceneMasks:
+    """The ground truth of a rendered scene: its object's cells (the prompt's one item) and the
+    structure's, from the scene's geometry."""
+    objects = [shape_mask(o.shape, o.cx, o.cy, o.r) for o in scene.objects]
+    on_object = np.any(objects, axis=0) if objects else np.zeros((SIZE, SIZE), bool)
+    items = np.stack([pixel_cells(m, grid) for m in objects]) if objects else np.zeros((0, *grid), bool)
+    structure = pixel_cells(structure_mask(scene.structure) & ~on_object, grid) & ~items.any(axis=0)
+    return SceneMasks(items, structure)
+
+
 # ----------------------------------------------------------------------------- prompt parsing
 
 

@@ -46,7 +46,7 @@ def register(name: str) -> Callable[[type], type]:
 
 def _import_builtin_evaluators() -> None:
     # Importing the modules runs their @register decorators.
-    from evaluation import caption_bertscore, clip_score, image_reward, shapes, vlm_judge  # noqa: F401
+    from evaluation import caption_bertscore, clip_score, image_reward, shapes, shapes_context, vlm_judge  # noqa: F401
 
 
 def known_evaluators() -> list[str]:
