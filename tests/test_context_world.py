@@ -126,14 +126,20 @@ def test_prompt_files_are_generated_from_the_world():
     assert [s.category for s in specs] == [r["category"] for r in rows]
 
 
-def test_prompts_fit_the_toy_models_text_length():
+def test_prompts_fit_the_toy_model_and_items_resolve_to_the_object_word():
     from asyndm.models import _clip_tokenizer
+    from asyndm.prompts import load_prompts
+    from asyndm.tokens import item_token_positions, prompt_token_ids
     from asyndm.toy_model import TEXT_LENGTH
 
     tokenizer = _clip_tokenizer("<|endoftext|>")
     rng = np.random.default_rng(4)
     captions = [sample_context_scene(rng).caption for _ in range(200)] + [r["prompt"] for r in context_evaluation_prompts()]
     assert max(len(tokenizer(c).input_ids) for c in captions) <= TEXT_LENGTH  # truncation would drop the structure
+    for spec in load_prompts(CONF / "shapes_context.jsonl"):
+        (positions,) = item_token_positions(tokenizer, spec, "word")
+        ids = prompt_token_ids(tokenizer, spec.prompt)
+        assert tokenizer.decode([ids[p] for p in positions]).strip() == spec.items[0] and positions == [3]
 
 
 def test_parse_context_prompt():
