@@ -127,12 +127,12 @@ def test_prompt_files_are_generated_from_the_world():
 
 
 def test_prompts_fit_the_toy_model_and_items_resolve_to_the_object_word():
-    from asyndm.models import _clip_tokenizer
+    from asyndm.models import load_tokenizer
     from asyndm.prompts import load_prompts
     from asyndm.tokens import item_token_positions, prompt_token_ids
     from asyndm.toy_model import TEXT_LENGTH
 
-    tokenizer = _clip_tokenizer("<|endoftext|>")
+    tokenizer = load_tokenizer(str(Path(__file__).resolve().parents[1] / "models" / "toy"))  # the model's own
     rng = np.random.default_rng(4)
     captions = [sample_context_scene(rng).caption for _ in range(200)] + [r["prompt"] for r in context_evaluation_prompts()]
     assert max(len(tokenizer(c).input_ids) for c in captions) <= TEXT_LENGTH  # truncation would drop the structure
