@@ -47,7 +47,7 @@ def register(name: str) -> Callable[[type], type]:
 def _import_builtin_evaluators() -> None:
     # Importing the modules runs their @register decorators.
     from evaluation import (caption_bertscore, clip_score, hps, image_reward, pickscore, shapes,  # noqa: F401
-                            vlm_judge)
+                            shapes_context, vlm_judge)
 
 
 def known_evaluators() -> list[str]:

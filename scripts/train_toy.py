@@ -3,6 +3,8 @@
     .venv/bin/python scripts/train_toy.py                       # conf/train_toy.yaml
     .venv/bin/python scripts/train_toy.py train.steps=20000 train.device=cuda train.batch_size=128
 
+    .venv/bin/python scripts/train_toy.py --config-name train_toy_context   # the context world's model
+
 Every training image is rendered on the fly from a random generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted one would. Running the same command again
 resumes from `${work_dir}/checkpoint.pt`; `${work_dir}/loss.csv` logs loss and learning rate.
@@ -28,7 +30,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asyndm.shapes_world import training_batch  # noqa: E402
+from asyndm.context_world import mixed_training_batch  # noqa: E402
 from asyndm.toy_model import build_toy_pipeline, encode_captions, parameter_count  # noqa: E402
 
 
@@ -60,6 +62,28 @@ def training_loss(pipe, images: torch.Tensor, captions: list[str], generator: to
     return torch.nn.functional.mse_loss(prediction, target)
 
 
+def load_initial_weights(pipe, folder: str) -> dict:
+    """Copy the UNet and text encoder weights of a saved toy model into `pipe` (same architecture).
+
+    Returns that model's training.json (empty if it has none), to record what training continued.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    path = Path(folder)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"train.init_from={folder}: no model_index.json there; give a folder saved by "
+                                f"scripts/train_toy.py (e.g. models/toy)")
+    try:
+        pipe.unet.load_state_dict(UNet2DConditionModel.from_pretrained(path / "unet").state_dict())
+        pipe.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(path / "text_encoder").state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"train.init_from={folder}: its weights do not fit the model of this config ({err}); "
+                         f"set model.* to the architecture in {path / 'training.json'}") from err
+    info = path / "training.json"
+    return json.loads(info.read_text()) if info.is_file() else {}
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -80,6 +104,7 @@ def main(cfg: DictConfig) -> None:
     ckpt_path, log_path = work_dir / "checkpoint.pt", work_dir / "loss.csv"
 
     pipe = build_toy_pipeline(**OmegaConf.to_container(cfg.model), seed=int(tcfg.seed))
+    parent = load_initial_weights(pipe, tcfg.init_from) if tcfg.get("init_from") else None
     pipe.unet.to(device).train()
     pipe.text_encoder.to(device).train()
     modules = torch.nn.ModuleDict({"unet": pipe.unet, "text_encoder": pipe.text_encoder})
@@ -109,7 +134,8 @@ def main(cfg: DictConfig) -> None:
             lr = learning_rate(step, total, tcfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, captions = training_batch(np.random.default_rng([int(tcfg.seed), step]), int(tcfg.batch_size))
+            images, captions = mixed_training_batch(np.random.default_rng([int(tcfg.seed), step]),
+                                                    int(tcfg.batch_size), float(tcfg.get("context_share", 0.0)))
             rng = np.random.default_rng([int(tcfg.seed), step, 1])
             captions = ["" if rng.random() < tcfg.cond_drop else c for c in captions]
             generator = torch.Generator().manual_seed(int(tcfg.seed) * 1_000_003 + step)
@@ -158,6 +184,8 @@ def main(cfg: DictConfig) -> None:
     info = {"steps": step, "batch_size": int(tcfg.batch_size), "train_seconds": round(time.time() - start, 1),
             "final_loss_mean_last_100": _tail_mean(log_path, 100), "git_commit": commit,
             "command": " ".join(sys.argv), "config": OmegaConf.to_container(cfg, resolve=True)}
+    if parent is not None:  # continued from a saved model: keep its record
+        info["init_from"] = {"path": str(tcfg.init_from), "training": parent}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"saved {out_dir} after {step} steps")
 

@@ -78,6 +78,25 @@ def test_learning_rate_schedule():
     assert learning_rate(110, 110, cfg) == pytest.approx(1e-4)
 
 
+def test_training_continues_from_a_saved_model(small_pipe, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_toy import load_initial_weights
+
+    small_pipe.save_pretrained(tmp_path / "parent")
+    (tmp_path / "parent" / "training.json").write_text(json.dumps({"steps": 7}))
+    child = build_toy_pipeline(**SMALL, seed=1)
+    assert not torch.equal(next(child.unet.parameters()), next(small_pipe.unet.parameters()))
+    assert load_initial_weights(child, str(tmp_path / "parent")) == {"steps": 7}
+    for a, b in zip([*child.unet.parameters(), *child.text_encoder.parameters()],
+                    [*small_pipe.unet.parameters(), *small_pipe.text_encoder.parameters()]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_initial_weights(build_toy_pipeline(block_out_channels=(8, 16, 32), text_hidden=16, text_layers=1),
+                             str(tmp_path / "parent"))
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_initial_weights(child, str(tmp_path / "nowhere"))
+
+
 @pytest.mark.slow
 def test_train_script_runs_resumes_and_saves(tmp_path):
     def train(steps):
