@@ -45,6 +45,12 @@ def read_results(run_dir: Path) -> pd.DataFrame:
     return results
 
 
+def mask_files(run_dir: Path, image_idx: int, variants: list[str]) -> dict[str, Path]:
+    """variant -> masks/{image_idx:05}_{variant}.png for those of `variants` that saved a mask picture."""
+    found = {v: Path(run_dir) / "masks" / f"{int(image_idx):05}_{v}.png" for v in variants}
+    return {v: p for v, p in found.items() if p.is_file()}
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file and os.replace, so a crash never leaves half a file."""
     atomic_write_bytes(Path(path), text.encode("utf-8"))
