@@ -70,13 +70,31 @@ def _curve(run_dir: Path) -> str | None:
         return None
 
 
+def _overrides(name: str) -> dict[str, str] | None:
+    """A sweep job folder's name (`curve=bin,mask=dynamic`) as {key: value}; None for other names."""
+    pairs = [part.partition("=") for part in name.split(",")]
+    return {k: v for k, _, v in pairs} if all(sep and k for k, sep, _ in pairs) else None
+
+
+def run_labels(runs: list[Path]) -> dict[Path, str]:
+    """Short names for the runs of a report: the curve where each run has its own; for the jobs of
+    a sweep, the overrides that differ between them (`curve=bin, mask=static`); else `curve:folder`."""
+    curves = {run: _curve(run) for run in runs}
+    if all(curves.values()) and len(set(curves.values())) == len(runs):
+        return {run: curves[run] for run in runs}
+    overrides = {run: _overrides(run.name) for run in runs}
+    if len(runs) > 1 and all(o is not None for o in overrides.values()):
+        keys = list(dict.fromkeys(k for o in overrides.values() for k in o))
+        varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+        labels = {run: ", ".join(f"{k}={overrides[run].get(k, '-')}" for k in varying) for run in runs}
+        if len(set(labels.values())) == len(runs):
+            return labels
+    return {run: run.name if curves[run] is None else f"{curves[run]}:{run.name}" for run in runs}
+
+
 def run_label(run_dir: Path, runs: list[Path]) -> str:
-    """The run's curve name; `curve:folder` where several runs share a curve."""
-    curve = _curve(run_dir)
-    if curve is None:
-        return run_dir.name
-    curves = [_curve(other) or other.name for other in runs]
-    return curve if curves.count(curve) == 1 else f"{curve}:{run_dir.name}"
+    """The label of `run_dir` among `runs` (see `run_labels`)."""
+    return run_labels(runs)[run_dir]
 
 
 # --- numbers ---------------------------------------------------------------------------------
@@ -262,7 +280,7 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path | None:
         ax.set_ylim(-0.7, max(len(names), 1) - 0.3)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"{metric}: paired difference vs {BASELINE}")
-        ax.set_xlabel(f"variant - {BASELINE}, same prompt and seed (95% CI: {', '.join(sorted(methods)) or '-'})")
+        ax.set_xlabel(f"variant - {BASELINE}, same prompt and seed\n95% CI: {', '.join(sorted(methods)) or '-'}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -347,7 +365,7 @@ def build_report(folder: Path, pairs: int = 4, categories: bool = False) -> Path
                                 f"pass a folder written by `asyndm`")
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    labels = {run: run_label(run, runs) for run in runs}
+    labels = run_labels(runs)
     summaries = {labels[r]: read_summary(r / "summary.csv") for r in runs if (r / "summary.csv").is_file()}
     parts = [f"<h1>asyndm report</h1><p><code>{html.escape(str(folder.resolve()))}</code>: "
              f"{len(runs)} run{'s' if len(runs) != 1 else ''}</p>"]

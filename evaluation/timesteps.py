@@ -115,6 +115,7 @@ def timestep_figure(runs: dict[str, Path], per_row: int = 3):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     traces = {label: read_timesteps(run) for label, run in runs.items()}
     traces = {label: trace for label, trace in traces.items() if trace is not None and len(trace)}
@@ -150,6 +151,7 @@ def timestep_figure(runs: dict[str, Path], per_row: int = 3):
                         label=f"{variant}: background" if item.notna().any() else f"{variant}: all pixels")
         ax.set_title(f"{label} (curve {curve})" if curve not in label else label, fontsize=10)
         ax.set_xlabel("sampling step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, NUM_TRAIN_TIMESTEPS + 20)
         ax.grid(alpha=0.25)
         ax.legend(fontsize=6.5, loc="upper right")

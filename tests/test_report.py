@@ -130,3 +130,14 @@ def test_report_with_nan_metric_values(tmp_path):
     atomic_write_csv(summarize(results), run / "summary.csv")
     assert main([str(run)]) == 0
     assert (run / "report" / "grid.png").is_file()
+
+
+def test_sweep_jobs_are_labelled_by_the_overrides_that_differ(tmp_path):
+    from evaluation.report import run_labels
+
+    sweep = tmp_path / "table2"
+    runs = [make_fake_run(sweep / f"curve={c},experiment=table2,mask={m},smoke=tiny", config={"curve": {"name": c}},
+                          timesteps=False) for c in ("bin", "lin") for m in ("dynamic", "static")]
+    assert list(run_labels(runs).values()) == ["curve=bin, mask=dynamic", "curve=bin, mask=static",
+                                               "curve=lin, mask=dynamic", "curve=lin, mask=static"]
+    assert list(run_labels(runs[::2]).values()) == ["bin", "lin"]  # one run per curve: the curve
