@@ -23,10 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluation.variants import BASELINE, PAPER_VARIANTS, variant_key
+from evaluation.variants import BASELINE, variant_key
 
 ALL = "all"
-VARIANT_ORDER = PAPER_VARIANTS  # kept for callers; any registered variant is ordered by variant_key
 T = "t"
 WILSON = "wilson"
 PAIRED_BOOTSTRAP = "paired_bootstrap"
