@@ -352,7 +352,7 @@ METHODS_NOTE = ("<p class='note'>Intervals are 95%. Continuous metrics: Student 
                 "the mean paired difference. Proportions (metrics whose every value is 0 or 1, such as "
                 "<code>shapes/exact</code>): the Wilson score interval, which stays inside [0, 1], and a "
                 "percentile bootstrap over the (prompt, seed) pairs for the difference (10,000 resamples, "
-                "seed 0), which stays inside [-1, 1]. summary.csv names the method of each row "
+                "seed 0; none below 10 pairs), which stays inside [-1, 1]. summary.csv names the method of each row "
                 "(<code>ci95_method</code>, <code>diff_vs_dm_ci95_method</code>).</p>")
 
 

@@ -12,7 +12,7 @@ Intervals depend on the metric, and summary.csv says which one each row uses
   Wilson score interval of the mean (`wilson`), which stays inside [0, 1] where a t-interval of
   0.875 from 8 images reaches 1.057; and a percentile bootstrap over the (prompt, seed) pairs of
   the paired difference (`paired_bootstrap`, fixed seed, so the same results give the same
-  interval), which stays inside [-1, 1].
+  interval), which stays inside [-1, 1]; below 10 pairs it gives no interval.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ WILSON = "wilson"
 PAIRED_BOOTSTRAP = "paired_bootstrap"
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+# Fewer pairs get no bootstrap interval: resamples of a handful of pairs give a degenerate one
+# (two pairs that both lost: [-1, -1]).
+BOOTSTRAP_MIN_PAIRS = 10
 SUMMARY_COLUMNS = ["variant", "metric", "category", "n", "mean", "std", "ci95_low", "ci95_high",
                    "n_pairs", "diff_vs_dm_mean", "diff_vs_dm_ci95_low", "diff_vs_dm_ci95_high",
                    "ci95_method", "diff_vs_dm_ci95_method"]
@@ -79,7 +82,8 @@ def wilson_ci95(values) -> tuple[int, float, float, float, float]:
 def paired_bootstrap_ci95(diffs, resamples: int = BOOTSTRAP_RESAMPLES,
                           seed: int = BOOTSTRAP_SEED) -> tuple[int, float, float, float, float]:
     """(n, mean, std, ci_low, ci_high) of paired differences: the 2.5% and 97.5% percentiles of the
-    mean over `resamples` resamples of the pairs with replacement (numpy's default_rng(`seed`)).
+    mean over `resamples` resamples of the pairs with replacement (numpy's default_rng(`seed`));
+    no interval (NaN) below BOOTSTRAP_MIN_PAIRS pairs.
 
     A resample's mean depends only on how often each distinct difference is drawn, so the counts
     are drawn from a multinomial: the same distribution as drawing pair indices, in O(distinct
@@ -88,8 +92,9 @@ def paired_bootstrap_ci95(diffs, resamples: int = BOOTSTRAP_RESAMPLES,
     """
     x = _finite(diffs)
     n = len(x)
-    if n < 2:
-        return (n, float(x.mean()) if n else math.nan, math.nan, math.nan, math.nan)
+    if n < BOOTSTRAP_MIN_PAIRS:
+        return (n, float(x.mean()) if n else math.nan, float(x.std(ddof=1)) if n > 1 else math.nan,
+                math.nan, math.nan)
     distinct, counts = np.unique(x, return_counts=True)
     draws = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples)  # (resamples, distinct)
     means = draws @ distinct / n

@@ -102,20 +102,23 @@ def test_proportion_interval_is_wilson_and_stays_inside_0_1():
 
 
 def test_paired_differences_of_proportions_stay_inside_minus1_1():
-    """Five of six pairs where only dm is right: a paired t-interval passes -1; the paired
+    """Ten of twelve pairs where only dm is right: a paired t-interval passes -1; the paired
     bootstrap stays inside [-1, 1], is reproducible and contains the observed difference."""
-    dm = [1, 1, 1, 1, 1, 0]
-    other = [0, 0, 0, 0, 0, 0]
+    dm = [1] * 10 + [0, 0]
+    other = [0] * 12
     diffs = np.array(other) - np.array(dm)
     _, _, _, t_low, _ = mean_ci95(diffs)
     assert t_low < -1.0
     summary = summarize(_binary_results(dm, other))
     row = summary[(summary.variant == "asyndm") & (summary.category == "all")].iloc[0]
     assert row["diff_vs_dm_ci95_method"] == "paired_bootstrap"
-    assert row["diff_vs_dm_mean"] == pytest.approx(-5 / 6)
+    assert row["diff_vs_dm_mean"] == pytest.approx(-10 / 12)
     assert -1.0 <= row["diff_vs_dm_ci95_low"] <= row["diff_vs_dm_mean"] <= row["diff_vs_dm_ci95_high"] <= 1.0
     again = summarize(_binary_results(dm, other))
     assert again.equals(summary)  # fixed seed: the same results give the same interval
+    # two pairs that both lost: no interval rather than a degenerate [-1, -1]
+    n, mean, _, low, high = paired_bootstrap_ci95([-1.0, -1.0])
+    assert (n, mean) == (2, -1.0) and np.isnan(low) and np.isnan(high)
 
 
 def test_paired_bootstrap_matches_resampling_pairs():

@@ -47,11 +47,14 @@ def _tables(page):
     """{caption: (header cells, rows of cells)} of the page's metric tables."""
     import re
 
+    def cells(text, tag):
+        return [html.unescape(c) for c in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", text)]
+
     tables = {}
     for caption, head, body in re.findall(r"<table class='metric'><caption>(.*?)</caption><thead><tr>(.*?)</tr>"
                                           r"</thead><tbody>(.*?)</tbody></table>", page):
-        cells = lambda text, tag: [html.unescape(c) for c in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", text)]  # noqa: E731
-        tables[html.unescape(caption)] = (cells(head, "th"), [cells(r, "td") for r in re.findall(r"<tr[^>]*>(.*?)</tr>", body)])
+        rows = [cells(row, "td") for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+        tables[html.unescape(caption)] = (cells(head, "th"), rows)
     return tables
 
 
