@@ -108,10 +108,12 @@ def test_offline_run_stays_in_run_folder(tmp_path, fake_home):
 
 
 def _offline_runs(run):
-    """{run id: [offline run folders]} under run/wandb (folder name: offline-run-<time>-<id>)."""
+    """{run id: [offline run folders]} under run/wandb, by the run-<id>.wandb file in each (the
+    folder's name, offline-run-<time>-<id>, gets a suffix when two runs start in one second)."""
     found = {}
     for folder in sorted((run / "wandb").glob("offline-run-*")):
-        found.setdefault(folder.name.split("-", 3)[3], []).append(folder)
+        for record in folder.glob("run-*.wandb"):
+            found.setdefault(record.name[len("run-"):-len(".wandb")], []).append(folder)
     return found
 
 
