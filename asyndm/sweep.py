@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
 STATUS_FILE = "status.json"
+# The interval methods last: t, or wilson / paired_bootstrap for 0/1 metrics (evaluation/summary.py).
 METRIC_COLUMNS = ["variant", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "n_pairs",
-                  "diff_vs_dm_mean", "diff_vs_dm_ci95_low", "diff_vs_dm_ci95_high"]
+                  "diff_vs_dm_mean", "diff_vs_dm_ci95_low", "diff_vs_dm_ci95_high", "ci95_method",
+                  "diff_vs_dm_ci95_method"]
 # Folders inside a job folder that never hold another job.
 RUN_SUBFOLDERS = {".hydra", ".submitit", ".gpu_locks", "images", "latents", "masks", "report", "wandb"}
 NOT_FINISHED = "did not finish (killed, preempted or still running): rerun the same command to resume it"

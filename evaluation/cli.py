@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluation.pipeline import run_after_sampling
 
-    summary = run_after_sampling(args.run_dir, cfg)
+    summary = run_after_sampling(args.run_dir, cfg, job_type="eval")
     if summary is None:
         print(f"nothing to evaluate: {config_path} has no eval entries; add e.g. eval=[clip]", file=sys.stderr)
     return 0

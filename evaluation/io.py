@@ -33,22 +33,26 @@ def read_manifest(run_dir: Path) -> pd.DataFrame:
     return manifest
 
 
-def mask_file(run_dir: Path, image_idx: int, variant: str) -> Path:
-    return Path(run_dir) / "masks" / f"{int(image_idx):05}_{variant}.png"
+def mask_column_title(variant: str) -> str:
+    """asyndm's mask column is ``mask``; any other variant's is ``<variant> mask``. Titles do not
+    depend on which other variants ran, so wandb tables of different runs line up."""
+    return "mask" if variant == "asyndm" else f"{variant} mask"
 
 
-def grid_columns(run_dir: Path, manifest: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(title, kind, variant) per column of the report's grid and the wandb table: every variant's
-    image (dm first), then the masks of each variant that saved some (asyndm's is titled ``mask``,
-    a composed variant's ``<variant> mask``)."""
-    from evaluation.summary import order_variants
+def grid_columns(run_dir: Path, manifest: pd.DataFrame, limit: int | None = None) -> list[tuple[str, str]]:
+    """(title, column) per column of the report's grid and the wandb table: every variant's image
+    (dm first; column = the variant), then a mask column (column = ``mask:<variant>``) for each
+    variant that saved mask pictures among its first `limit` images (all when None)."""
+    from evaluation.variants import order_variants
 
     variants = order_variants(manifest["variant"])
-    columns = [(v, "image", v) for v in variants]
+    columns = [(v, v) for v in variants]
     for v in variants:
         idx = manifest.loc[manifest["variant"] == v, "image_idx"]
-        if any(mask_file(run_dir, i, v).is_file() for i in idx):
-            columns.append(("mask" if v == "asyndm" else f"{v} mask", "mask", v))
+        if limit is not None:
+            idx = idx.head(limit)
+        if any(mask_files(run_dir, i, [v]) for i in idx):
+            columns.append((mask_column_title(v), f"mask:{v}"))
     return columns
 
 
@@ -62,6 +66,12 @@ def read_results(run_dir: Path) -> pd.DataFrame:
     results["prompt"] = results["prompt"].astype(str)
     results["value"] = results["value"].astype(float)
     return results
+
+
+def mask_files(run_dir: Path, image_idx: int, variants: list[str]) -> dict[str, Path]:
+    """variant -> masks/{image_idx:05}_{variant}.png for those of `variants` that saved a mask picture."""
+    found = {v: Path(run_dir) / "masks" / f"{int(image_idx):05}_{v}.png" for v in variants}
+    return {v: p for v, p in found.items() if p.is_file()}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -13,7 +13,8 @@ from evaluation.summary import format_summary, summarize
 
 
 def _hydra_names(run_dir: Path) -> tuple[str | None, str | None]:
-    """(name, group) for loggers from the Hydra job when one is running: group = sweep folder in a multirun."""
+    """(name, group) for loggers from the Hydra job when one is running: group = sweep folder in a
+    multirun. Outside a Hydra job the logger derives both from the run folder."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -28,9 +29,12 @@ def _hydra_names(run_dir: Path) -> tuple[str | None, str | None]:
         return None, None
 
 
-def run_after_sampling(run_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
+def run_after_sampling(run_dir: Path, cfg: DictConfig, job_type: str = "sample") -> pd.DataFrame | None:
     """Score `run_dir` with every evaluator in `cfg.eval`, write results.csv and summary.csv, print
     the summary, then log to `cfg.logger`. Returns the summary, or None when `cfg.eval` is empty.
+
+    `job_type` names the invocation for the logger: `sample` (asyndm), `eval` (asyndm-eval). The
+    files are written before any logging, so a logger's failure never loses a result.
     """
     run_dir = Path(run_dir)
     eval_cfg = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True) if cfg.get("eval") else {}
@@ -48,7 +52,7 @@ def run_after_sampling(run_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
 
         name, group = _hydra_names(run_dir)
         log_run(run_dir, cfg, summary=summary, results=results,
-                name=logger.get("run_name") or name, group=logger.get("group") or group)
+                name=logger.get("run_name") or name, group=logger.get("group") or group, job_type=job_type)
     elif kind not in ("none", None):
         raise ValueError(f"unknown logger.name={kind!r}; use logger=none or logger=wandb")
     return summary

@@ -26,7 +26,7 @@ def test_overrides_load_group_configs():
     assert set(out.eval) == {"clip"}
     assert out.eval.clip.arch == "ViT-H-14" and out.eval.clip.pretrained == "laion2b_s32b_b79k"
     assert out.eval.clip.batch_size == 4 and out.seed == 3
-    assert out.logger.name == "wandb" and out.logger.mode == "offline" and out.logger.entity is None
+    assert out.logger.name == "wandb" and out.logger.mode is None and out.logger.entity is None
     tiny = apply_overrides(cfg, ["eval=[clip_tiny]"])
     assert tiny.eval.clip.arch == "tiny" and tiny.eval.clip.pretrained == "tiny"
     assert apply_overrides(cfg, ["eval=[]"]).eval == {}
