@@ -70,6 +70,7 @@ def config_hash(cfg: DictConfig) -> str:
         subset["sample"]["generator_device"] = generator_device(cfg)
     prompts = subset.get("prompts") or {}
     prompts.pop("evaluators", None)
+    prompts.pop("oracle_masks", None)  # read only by the oracle variant, like the variants list itself
     for key in ("file", "items_file"):
         if prompts.get(key):
             prompts[key] = _file_digest(prompts[key]) or prompts[key]
@@ -190,6 +191,11 @@ def validate(cfg: DictConfig) -> None:
         problem = unknown_variant(v, " in variants")
         _require(problem is None, problem)
     _require(len(set(variants)) == len(variants), f"variants={variants} lists a variant twice")
+    oracles = [v for v in variants if get_variant(v).masks == "oracle"]
+    _require(not oracles or bool(cfg.prompts.get("oracle_masks")),
+             f"variants: {oracles[0] if oracles else ''} reads its masks off dm's finished images, which needs a "
+             f"prompt set whose images can be read exactly: prompts={cfg.prompts.get('name')} names no "
+             f"prompts.oracle_masks; use prompts=shapes or prompts=shapes_context, or drop the variant")
     node = cfg.get("variant")
     for name, options in (OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else {}).items():
         _require(name in VARIANTS, f"variant.{name}: no variant is named '{name}'; options belong to one of "

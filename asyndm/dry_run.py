@@ -22,7 +22,7 @@ MEASURED = {
 }
 # Time of a variant relative to plain sampling: asyndm_over_dm measured 1.035-1.049; the baselines
 # by their UNet passes per image (docs/baselines.md; Attend-and-Excite by its measured time).
-VARIANT_COST = {"dm": 1.0, "dm_concave": 1.0, "asyndm": 1.05, "cfgpp": 1.0, "scfg": 1.0, "seg": 1.5,
+VARIANT_COST = {"dm": 1.0, "dm_concave": 1.0, "asyndm": 1.05, "asyndm_oracle": 1.0, "cfgpp": 1.0, "scfg": 1.0, "seg": 1.5,
                 "zsampling": 2.47, "attend_excite": 2.5}
 
 
@@ -42,7 +42,7 @@ class Plan:
     batches: int
     batches_missing: int
     images_missing: dict[str, int]
-    extra_dm_pass_images: int  # static masks need a dm pass even where dm's images exist
+    extra_dm_pass_images: int  # static and oracle masks need a dm pass even where dm's images exist
     seconds: float | None
     basis: str
 
@@ -62,7 +62,9 @@ def make_plan(cfg: DictConfig, run_dir: Path, device: str) -> Plan:
         batches_missing += bool(todo)
         for v in todo:
             missing[v] += len(batch)
-        if static and "dm" not in todo and any(get_variant(v).schedule == "async" for v in todo):
+        needs_dm = [v for v in todo if get_variant(v).schedule == "async"
+                    and (static or get_variant(v).masks == "oracle")]
+        if needs_dm and "dm" not in todo:
             extra += len(batch)
     steps = int(s.steps)
     measured = MEASURED.get((str(cfg.model.name), device))
@@ -87,7 +89,7 @@ def format_plan(plan: Plan, run_dir: Path) -> str:
         "  missing: " + ", ".join(f"{v} {n}" for v, n in plan.images_missing.items()),
     ]
     if plan.extra_dm_pass_images:
-        lines.append(f"  plus a dm pass for the static masks of {plan.extra_dm_pass_images} images")
+        lines.append(f"  plus a dm pass for the static or oracle masks of {plan.extra_dm_pass_images} images")
     if plan.seconds is None:
         lines.append(f"  time: {plan.basis}")
     else:

@@ -22,6 +22,8 @@ import torch
 from .backends.base import Backend, ItemTokens
 from .errors import AsyndmError
 from .models import built_in_names, built_in_source, check_source, load_backend, resolve_device, resolve_dtype
+from .oracle import OracleFunction, load_oracle
+from .oracle import oracle_masks as read_oracle_masks
 from .prompts import PromptSpec, check_spec
 from .sampler import AsyncSampler, Callback, SamplingSettings
 from .variants import get_variant
@@ -71,14 +73,24 @@ class AsyncPipeline:
         masks: torch.Tensor | None = None,
         callbacks: Sequence[Callback] = (),
         output_type: str = "pil",
+        oracle_masks: OracleFunction | str | None = None,
     ) -> dict[str, VariantOutput]:
-        """Paired samples of ``variants`` for one prompt spec and explicit seeds (what the CLI calls)."""
+        """Paired samples of ``variants`` for one prompt spec and explicit seeds (what the CLI calls).
+
+        ``oracle_masks``: for ``asyndm_oracle``, the function (or ``"module:function"``) that reads
+        the item cells off a finished dm image (asyndm/oracle.py).
+        """
         if output_type not in ("pil", "latent"):
             raise AsyndmError(f"output_type={output_type!r}: choose 'pil' or 'latent'")
         sampler = AsyncSampler(self.backend, settings)
         seeds = [int(s) for s in seeds]
         tokens = self.item_tokens(spec, item_tokens)
-        results = sampler.sample(spec.prompt, tokens, list(spec.k), seeds, list(variants), masks, callbacks)
+        oracle = None
+        if oracle_masks is not None:
+            function = load_oracle(oracle_masks)
+            oracle = lambda latents: read_oracle_masks(  # noqa: E731
+                function, sampler.decode(latents), spec, self.backend.map_shape(latents))
+        results = sampler.sample(spec.prompt, tokens, list(spec.k), seeds, list(variants), masks, callbacks, oracle)
         return {
             name: VariantOutput(
                 images=sampler.decode(result.latents) if output_type == "pil" else None,

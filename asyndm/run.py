@@ -22,6 +22,7 @@ from .callbacks import TimestepTrace
 from .errors import ConfigError
 from .history import invocation
 from .models import backend_class, backend_options, load_backend, model_source, resolve_device, resolve_dtype
+from .oracle import load_oracle
 from .outputs import atomic_write_bytes, mask_overlay, save_array, save_image, write_table
 from .pipeline import AsyncPipeline
 from .plan import (
@@ -41,7 +42,7 @@ from .plan import (
 )
 from .sampler import SamplingSettings
 from .sweep import sweep_job
-from .variants import ordered
+from .variants import get_variant, ordered
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
             raise ConfigError(f"mask.resolution={resolution}: this model has no attention layer on a "
                               f"{resolution}-sided grid at this image size; choose one of {available} "
                               f"(or null: latent side / 4)")
+    oracle = load_oracle(cfg.prompts.oracle_masks) if any(
+        get_variant(v).masks == "oracle" for v in cfg.variants) else None
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:
         resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
@@ -140,7 +143,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
         for batch in tqdm(todo, desc="batches", disable=not cfg.progress):
             missing = missing_variants(run_dir, batch, variants, cfg.save)
             sample_batch(pipe, batch, missing, settings, token_mode, cfg.save, run_dir,
-                         run_dir / timesteps_name(cfg.shard.index, cfg.shard.count))
+                         run_dir / timesteps_name(cfg.shard.index, cfg.shard.count), oracle)
             write_table(manifest_path, manifest_rows(run_dir, batches, variants, cfg_hash))
     manifest = manifest_rows(run_dir, batches, variants, cfg_hash)
     write_table(manifest_path, manifest)
@@ -148,11 +151,11 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
 
 
 def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str], settings: SamplingSettings,
-                 token_mode: str, save_cfg, run_dir: Path, timesteps_path: Path) -> None:
+                 token_mode: str, save_cfg, run_dir: Path, timesteps_path: Path, oracle=None) -> None:
     """Sample ``variants`` for one batch of one prompt and write their files (and timestep traces)."""
     trace = TimestepTrace()
     outputs = pipe.generate(batch[0].spec, [job.seed for job in batch], settings, variants, token_mode,
-                            callbacks=[trace])
+                            callbacks=[trace], oracle_masks=oracle)
     rows = [{"image_idx": batch[row.pop("position")].image_idx, "variant": variant, **row}
             for variant, out in outputs.items() for row in trace.rows(variant, out.masks)]
     update_timesteps(timesteps_path, pd.DataFrame(rows))

@@ -181,24 +181,33 @@ class AsyncSampler:
         variants: Sequence[str],
         masks: torch.Tensor | None = None,
         callbacks: Sequence[Callback] = (),
+        oracle: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, VariantResult]:
         """Paired samples of ``variants`` for one prompt and one batch of seeds.
 
         With static masks, asyndm's mask comes from a dm pass of the same seeds (§6), run first;
-        its images are dm's own, so it counts as the dm result when dm is asked for too.
+        its images are dm's own, so it counts as the dm result when dm is asked for too. Oracle
+        variants (``asyndm_oracle``) take ``oracle(dm latents)`` as their masks, from the same dm pass.
         """
-        for name in variants:
-            get_variant(name)
+        oracles = [v for v in variants if get_variant(v).masks == "oracle"]
+        if oracles and oracle is None:
+            raise ValueError(f"variant {oracles[0]} reads its masks off dm's finished image: pass oracle= "
+                             f"(the prompt set's prompts.oracle_masks, asyndm/oracle.py)")
         cond = self.encode(prompt, len(seeds), variants)
         results: dict[str, VariantResult] = {}
-        asynchronous = [v for v in variants if get_variant(v).schedule == "async"]
+        asynchronous = [v for v in variants if get_variant(v).schedule == "async" and v not in oracles]
+        dm_callbacks = callbacks if "dm" in variants else ()
         if asynchronous and masks is None and self.settings.mask_mode == "static":
             mean_maps = MeanItemMaps()
-            dm_callbacks = [*callbacks, mean_maps] if "dm" in variants else [mean_maps]
-            dm = self.sample_variant("dm", cond, seeds, tokens, item_k, callbacks=dm_callbacks)
+            dm = self.sample_variant("dm", cond, seeds, tokens, item_k, callbacks=[*dm_callbacks, mean_maps])
             masks = self.static_masks(mean_maps, item_k, self.backend.map_shape(dm.latents))
-            if "dm" in variants:
-                results["dm"] = dm
+            results["dm"] = dm
+        if oracles:
+            dm = results.get("dm") or self.sample_variant("dm", cond, seeds, tokens, item_k, callbacks=dm_callbacks)
+            results["dm"] = dm
+            truth = oracle(dm.latents).to(self.backend.device)
+            for name in oracles:
+                results[name] = self.sample_variant(name, cond, seeds, tokens, item_k, masks=truth, callbacks=callbacks)
         for name in variants:
             if name not in results:
                 results[name] = self.sample_variant(name, cond, seeds, tokens, item_k,

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .guidance import GuidanceRule
 
 SCHEDULE_KINDS = ("sync", "concave", "async")
+MASK_SOURCES = ("attention", "oracle")
 RUN_SETTING = {"run_setting": True}  # metadata of a rule's field set by the run or the backend, not an option
 COMPOSE = "+"  # "<schedule variant>+<guidance variant>"
 
@@ -40,10 +41,13 @@ class Variant:
     guidance: Callable[[Any, float, Mapping[str, Any]], GuidanceRule] = family_guidance
     options: type | None = None
     options_name: str = ""  # whose options the rule reads; "" = the variant's own name
+    masks: str = "attention"  # an async schedule's masks: the run's mask mode, or "oracle" (asyndm/oracle.py)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULE_KINDS:
             raise ValueError(f"variant {self.name!r}: schedule {self.schedule!r} is not one of {SCHEDULE_KINDS}")
+        if self.masks not in MASK_SOURCES:
+            raise ValueError(f"variant {self.name!r}: masks {self.masks!r} is not one of {MASK_SOURCES}")
         if not self.options_name:
             object.__setattr__(self, "options_name", self.name)
 
@@ -86,6 +90,9 @@ def register_variant(variant: Variant) -> Variant:
 register_variant(Variant("dm", "sync", "plain synchronous sampling on the scheduler's own timesteps"))
 register_variant(Variant("dm_concave", "concave", "every pixel on the concave curve with the largest item k"))
 register_variant(Variant("asyndm", "async", "item pixels on the concave curve with their own k, the rest linear"))
+register_variant(Variant("asyndm_oracle", "async", "asyndm's schedule on static masks read off dm's finished image of "
+                         "the same seed by the prompt set's prompts.oracle_masks (toy worlds): an upper bound",
+                         masks="oracle"))
 
 
 def unknown_variant(name: str, where: str = "") -> str | None:
@@ -109,7 +116,7 @@ def get_variant(name: str) -> Variant:
     schedule, rule = name.split(COMPOSE)
     by_rule = VARIANTS[rule]
     return Variant(name, VARIANTS[schedule].schedule, f"{schedule}'s schedule with {rule}'s guidance",
-                   by_rule.guidance, by_rule.options, by_rule.options_name)
+                   by_rule.guidance, by_rule.options, by_rule.options_name, VARIANTS[schedule].masks)
 
 
 def ordered(names: Iterable[str]) -> list[str]:

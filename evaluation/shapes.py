@@ -75,6 +75,21 @@ def colour_cells(labels: np.ndarray, colour: str, grid: tuple[int, int]) -> np.n
     return hit.reshape(g_h, height // g_h, g_w, width // g_w).any(axis=(1, 3))
 
 
+def oracle_assignment(image: Image.Image | np.ndarray, spec, grid: tuple[int, int]) -> np.ndarray:
+    """``prompts.oracle_masks`` of the shapes prompts (asyndm/oracle.py): each item's cells are those
+    the image paints in that item's colour; -1 elsewhere. Where two items share a colour the cell
+    goes to the larger k (ties: the first item), as the sampler resolves overlapping masks."""
+    colours = [colour for colour, _shape, _count in parse_prompt(spec.prompt).objects][: len(spec.items)]
+    labels = colour_labels(image)
+    assignment = np.full(grid, -1, dtype=np.int64)
+    best = np.full(grid, -1.0)
+    for item, colour in enumerate(colours):
+        take = colour_cells(labels, colour, grid) & (spec.k[item] > best)
+        assignment[take] = item
+        best[take] = spec.k[item]
+    return assignment
+
+
 def detect(image: Image.Image | np.ndarray, min_area: int = 6) -> list[Detected]:
     """The coloured objects of an image of the shapes world."""
     nearest = colour_labels(image)  # (H, W): 0 = white

@@ -168,6 +168,12 @@ def ground_truth_masks(image: Image.Image | np.ndarray, prompt: str, grid: tuple
     return SceneMasks(items, pixel_cells(structure, grid) & ~items.any(axis=0))
 
 
+def oracle_assignment(image: Image.Image | np.ndarray, spec, grid: tuple[int, int]) -> np.ndarray:
+    """``prompts.oracle_masks`` of the context prompts (asyndm/oracle.py): the item's cells in an
+    image (`ground_truth_masks`), the rest context (-1)."""
+    return ground_truth_masks(image, spec.prompt, grid).assignment()
+
+
 @register("shapes_context")
 class ShapesContextScore:
     """Exact per-image alignment for prompts of the context world's grammar."""

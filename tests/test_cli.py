@@ -64,6 +64,9 @@ BAD = {
     "mask resolution": (["mask.resolution=12"], "mask.resolution=12"),
     "image size": (["sample.height=-8"], "sample.height=-8"),
     "generator device": (["sample.generator_device=tpu"], "sample.generator_device=tpu"),
+    "oracle without a world": (["variants=[dm,asyndm_oracle]"], "names no prompts.oracle_masks"),
+    "oracle function missing": (["variants=[dm,asyndm_oracle]", "+prompts.oracle_masks=evaluation.shapes:nothing"],
+                                "has no function 'nothing'"),
 }
 BAD_ARGS = ["model=tiny", "prompts.limit=2", *SMALL]
 # The done-when run, smaller: every baseline and a composed variant beside dm and asyndm,
@@ -377,7 +380,7 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line(runs):
     code, out, err, run_dir = runs["bad_variant"]
     assert code == 2, f"exit status {code}:\n{err[-2000:]}"
     assert err.strip().splitlines() == [
-        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm,"
+        "asyndm: error: unknown variant 'asyndm_fast' in variants: choose from [dm,dm_concave,asyndm,asyndm_oracle,"
         "attend_excite,cfgpp,scfg,seg,zsampling], or compose two as schedule+guidance (asyndm+cfgpp)"
     ]
     assert "Loading pipeline components" not in err + out, "the error must come before the model loads"

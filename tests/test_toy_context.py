@@ -23,13 +23,13 @@ def composed(*overrides):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
-def test_preset_runs_the_three_variants_on_the_context_prompts():
+def test_preset_runs_the_paper_variants_and_the_oracle_on_the_context_prompts():
     cfg = composed("experiment=toy_context")
     validate(cfg)
     from asyndm.models import model_source
 
     assert Path(model_source(cfg.model)).resolve() == SHIPPED and cfg.model.name == "toy_context"
-    assert list(cfg.variants) == ["dm", "dm_concave", "asyndm"]
+    assert list(cfg.variants) == ["dm", "dm_concave", "asyndm", "asyndm_oracle"]
     assert cfg.prompts.name == "shapes_context" and list(cfg.eval) == ["shapes_context"]
     n_prompts = sum(1 for line in Path(cfg.prompts.file).read_text().splitlines() if line.strip())
     assert n_prompts * cfg.sample.images_per_prompt >= 400  # paired images per variant
@@ -68,8 +68,8 @@ def test_smoke_run_scores_every_category(tmp_path):
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = pd.read_csv(tmp_path / "results.csv")
-    assert set(results.variant) == {"dm", "dm_concave", "asyndm"} and len(results.image_idx.unique()) == 10
+    assert set(results.variant) == {"dm", "dm_concave", "asyndm", "asyndm_oracle"} and len(results.image_idx.unique()) == 10
     exact = results[results.metric == "context/exact"]
-    assert len(exact) == 30 and exact.value.isin([0.0, 1.0]).all()
+    assert len(exact) == 40 and exact.value.isin([0.0, 1.0]).all()
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert {"all", "above", "below", "inside", "outside", "on"} <= set(summary.category)

@@ -1,4 +1,4 @@
-"""The toy-world analysis scripts (toy_mask_quality, toy_oracle_masks): scores on exact ground truth, end-to-end runs."""
+"""The toy-world analysis: toy_mask_quality on exact ground truth and end to end; the shapes oracle masks."""
 
 import importlib.util
 from pathlib import Path
@@ -44,16 +44,16 @@ def test_runs_on_the_shipped_toy_model(tmp_path, capsys):
     assert "precision" in capsys.readouterr().out
 
 
-def test_oracle_masks_follow_the_painted_colours_and_run_end_to_end(tmp_path):
-    oracle = _script("toy_oracle_masks")
-    image = render([Obj("square", "red", 8.0, 8.0, 4.0), Obj("circle", "blue", 24.0, 24.0, 4.0)])
-    assignment = oracle.oracle_assignment(image, ["red", "blue"], [0.5, 0.7], (32, 32))
-    labels = colour_labels(image)
-    assert (assignment == 0).numpy().tolist() == (labels == 1).tolist()  # red is palette index 1
-    assert (assignment == 1).sum() > 0 and (assignment == -1).sum() > 0.8 * 32 * 32
-    same = oracle.oracle_assignment(image, ["red", "red"], [0.5, 0.7], (32, 32))
-    assert set(same.unique().tolist()) == {-1, 1}  # a shared colour goes to the larger k
+def test_shapes_oracle_masks_follow_the_painted_colours():
+    from asyndm.prompts import PromptSpec
+    from evaluation.shapes import oracle_assignment
 
-    summary = oracle.main(["--seeds", "1", "--steps", "2", "--limit", "2", "--out", str(tmp_path)])
-    assert (tmp_path / "results.csv").is_file()
-    assert set(summary.variant) == {"dm", "asyndm_oracle"}
+    image = render([Obj("square", "red", 8.0, 8.0, 4.0), Obj("circle", "blue", 24.0, 24.0, 4.0)])
+    prompt = "a red square and a blue circle"
+    assignment = oracle_assignment(image, PromptSpec(0, prompt, ["square", "circle"], [0.5, 0.7]), (32, 32))
+    labels = colour_labels(image)
+    assert (assignment == 0).tolist() == (labels == 1).tolist()  # red is palette index 1
+    assert (assignment == 1).sum() > 0 and (assignment == -1).sum() > 0.8 * 32 * 32
+    same = render([Obj("square", "red", 8.0, 8.0, 4.0), Obj("circle", "red", 24.0, 24.0, 4.0)])
+    shared = PromptSpec(0, "a red square and a red circle", ["square", "circle"], [0.5, 0.7])
+    assert set(np.unique(oracle_assignment(same, shared, (32, 32))).tolist()) == {-1, 1}  # the larger k wins
