@@ -13,19 +13,19 @@ from contextlib import contextmanager
 import torch
 
 
-def cross_attention_grids(unet) -> dict[str, int]:
-    """Name of each cross-attention processor → downsampling factor of its query grid.
+def attention_grids(unet) -> dict[str, int]:
+    """Name of every attention module (``...attn1`` and ``...attn2``) → downsampling factor of its grid.
 
-    Derived from the block structure (each down block but the last halves the grid, each up block
-    but the last doubles it), so it holds for any SD-shaped UNet config.
+    Derived from the block structure (each down block with a downsampler halves the grid, each up
+    block with an upsampler doubles it), so it holds for any SD-shaped UNet config.
     """
     factors: dict[str, int] = {}
     factor = 1
 
     def record(prefix: str, block, f: int):
         for name, _ in block.named_modules():
-            if name.endswith("attn2"):
-                factors[f"{prefix}.{name}.processor"] = f
+            if name.endswith(("attn1", "attn2")):
+                factors[f"{prefix}.{name}"] = f
 
     for i, block in enumerate(unet.down_blocks):
         record(f"down_blocks.{i}", block, factor)
@@ -37,6 +37,11 @@ def cross_attention_grids(unet) -> dict[str, int]:
         if getattr(block, "upsamplers", None):
             factor //= 2
     return factors
+
+
+def cross_attention_grids(unet) -> dict[str, int]:
+    """Name of each cross-attention processor → downsampling factor of its query grid."""
+    return {f"{name}.processor": f for name, f in attention_grids(unet).items() if name.endswith("attn2")}
 
 
 def capture_layer_names(unet, latent_side: int, mask_resolution: int) -> list[str]:

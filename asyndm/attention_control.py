@@ -25,29 +25,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .attention import attention_grids
+
 INFINITE_BLUR = 9999.0  # SEG: a larger sigma means the uniform query (its pipeline's threshold)
-
-
-def attention_grids(unet) -> dict[str, int]:
-    """Name of every attention module (``...attn1`` and ``...attn2``) → downsampling factor of its grid."""
-    factors: dict[str, int] = {}
-    factor = 1
-
-    def record(prefix: str, block, f: int):
-        for name, _ in block.named_modules():
-            if name.endswith(("attn1", "attn2")):
-                factors[f"{prefix}.{name}"] = f
-
-    for i, block in enumerate(unet.down_blocks):
-        record(f"down_blocks.{i}", block, factor)
-        if getattr(block, "downsamplers", None):
-            factor *= 2
-    record("mid_block", unet.mid_block, factor)
-    for i, block in enumerate(unet.up_blocks):
-        record(f"up_blocks.{i}", block, factor)
-        if getattr(block, "upsamplers", None):
-            factor //= 2
-    return factors
 
 
 def layers_at(unet, latent_side: int, sides, kind: str) -> list[str]:

@@ -92,3 +92,20 @@ def versions(*modules: str) -> dict:
         except PackageNotFoundError:
             out[module] = None
     return out
+
+
+def main(description: str, default_workdir: str, official, port) -> int:
+    """The two stages of a parity script: ``official`` (run by the official package's venv, writes
+    its scores) and ``port`` (the default: runs that stage, scores the same images with ours, compares)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("stage", nargs="?", default="port", choices=["port", "official"])
+    parser.add_argument("--workdir", type=Path, default=Path(default_workdir))
+    parser.add_argument("--official-python", default="/tmp/parity-venv/bin/python")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.stage == "official":
+        official(args.workdir)
+        return 0
+    return port(args.workdir, args.official_python)

@@ -17,7 +17,6 @@ same files with `eval.imagereward` and fails unless every score agrees within 1e
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import string
@@ -128,18 +127,5 @@ def port(workdir: Path, official_python: str) -> int:
     return 0 if report["ok"] else 1
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", nargs="?", default="port", choices=["port", "official"])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/parity-image-reward"))
-    parser.add_argument("--official-python", default="/tmp/parity-venv/bin/python")
-    args = parser.parse_args()
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.stage == "official":
-        official(args.workdir)
-        return 0
-    return port(args.workdir, args.official_python)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__.split("\n")[0], "/tmp/parity-image-reward", official, port))

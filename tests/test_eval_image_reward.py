@@ -13,7 +13,7 @@ from PIL import Image
 from evaluation import registry
 from evaluation.image_reward import METRIC, ImageRewardScore, image_transform
 from evaluation.image_reward_model import REWARD_MEAN, REWARD_STD, port_key, read_checkpoint
-from evaluation.offline.tiny_image_reward import (TINY_MED, TINY_VISION, TINY_VISION_HEADS, official_layout,
+from evaluation.offline.tiny_image_reward import (TINY_VISION, TINY_VISION_HEADS, official_layout,
                                                   tiny_image_reward_dir)
 from evaluation.offline.fake_run import make_fake_run
 from evaluation.scoring import score_run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyndm.callbacks import RecordItemMaps, StepInfo
+from asyndm.callbacks import StepInfo
 from asyndm.config import CONF_DIR
 from asyndm.prompts import load_prompts
 from asyndm.sampler import SamplingSettings

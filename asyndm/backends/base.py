@@ -131,13 +131,30 @@ class ItemAttention(AbstractContextManager):
 
     Inside the ``with`` block, a model call made with ``capture_rows`` adds the item maps of those
     batch rows (the conditional half under guidance); ``take()`` returns the last call's maps,
-    averaged over heads and layers: (B, n_items, grid_h * grid_w).
+    averaged over heads and layers: (B, n_items, grid_h * grid_w). A family's subclass sets
+    ``grid``, its ``store`` (``reset``, ``rows``, ``item_maps``) and ``_capture``, the context
+    manager that installs its processors.
     """
 
     grid: tuple[int, int]
 
-    @abstractmethod
-    def take(self) -> torch.Tensor: ...
+    def __enter__(self):
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._capture.__exit__(*exc)
+
+    def arm(self, rows: slice) -> None:
+        """The next model call records the maps of these batch rows."""
+        self.store.reset()
+        self.store.rows = rows
+
+    def disarm(self) -> None:
+        self.store.rows = None
+
+    def take(self) -> torch.Tensor:
+        return self.store.item_maps()
 
 
 class Backend(ABC):

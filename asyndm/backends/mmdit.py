@@ -39,23 +39,6 @@ class JointItemAttention(ItemAttention):
         self.store.text_length = text_length
         self._capture = capture_joint_attention(layers, self.store, query_keys)
 
-    def __enter__(self):
-        self._capture.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._capture.__exit__(*exc)
-
-    def arm(self, rows: slice) -> None:
-        self.store.reset()
-        self.store.rows = rows
-
-    def disarm(self) -> None:
-        self.store.rows = None
-
-    def take(self) -> torch.Tensor:
-        return self.store.item_maps()
-
 
 class FlowTransformerBackend(Backend):
     """A flow-matching MMDiT pipeline (SD3, Flux) behind the Backend surface."""

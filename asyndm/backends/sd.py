@@ -32,23 +32,6 @@ class UNetItemAttention(ItemAttention):
         self.store = AttentionStore(tokens.positions)
         self._capture = capture_cross_attention(unet, self.layers, self.store)
 
-    def __enter__(self):
-        self._capture.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._capture.__exit__(*exc)
-
-    def arm(self, rows: slice) -> None:
-        self.store.reset()
-        self.store.rows = rows
-
-    def disarm(self) -> None:
-        self.store.rows = None
-
-    def take(self) -> torch.Tensor:
-        return self.store.item_maps()
-
 
 class StableDiffusionBackend(Backend):
     """``StableDiffusionPipeline`` folders: SD 1.x/2.x checkpoints, the tiny and the toy models."""

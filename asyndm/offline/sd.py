@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from ..paths import cache_dir
+from .saving import save_once
 
 TINY_VERSION = "tiny-sd-v1"
 
@@ -163,27 +163,4 @@ def sd21_shaped_pipeline():
 
 def build_tiny_pipeline(root: Path | None = None) -> Path:
     """Build (once) and save the tiny pipeline as a diffusers folder; returns its path."""
-    return save_once(TINY_VERSION, _tiny_pipeline, root)
-
-
-def save_once(version: str, make_pipeline, root: Path | None = None) -> Path:
-    """``make_pipeline()`` saved as a diffusers folder ``<root>/<version>`` unless already there; its path.
-
-    ``root`` defaults to the model cache. Concurrent builders are safe: each saves to a staging
-    folder, and the first rename wins.
-    """
-    folder = (root or cache_dir() / "models") / version
-    if (folder / "model_index.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
-    try:
-        make_pipeline().save_pretrained(staging)
-        try:
-            staging.rename(folder)  # atomic: a half-built folder never looks finished
-        except OSError:
-            if not (folder / "model_index.json").is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return save_once((root or cache_dir() / "models") / TINY_VERSION, _tiny_pipeline)

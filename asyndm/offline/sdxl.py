@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .sd import clip_tokenizer, save_once
+from ..paths import cache_dir
+from .saving import save_once
+from .sd import clip_tokenizer
 
 TINY_SDXL_VERSION = "tiny-sdxl-v1"
 
@@ -142,7 +144,7 @@ def _tiny_sdxl_pipeline():
 
 def build_tiny_sdxl_pipeline(root: Path | None = None) -> Path:
     """Build (once) and save the tiny SDXL pipeline as a diffusers folder; returns its path."""
-    return save_once(TINY_SDXL_VERSION, _tiny_sdxl_pipeline, root)
+    return save_once((root or cache_dir() / "models") / TINY_SDXL_VERSION, _tiny_sdxl_pipeline)
 
 
 def sdxl_shaped_pipeline():
