@@ -1,6 +1,6 @@
 """``dry_run=true``: what a run would do, and about how long it would take, without loading a model.
 
-The estimate uses only figures measured for this project (docs/performance.md), scaled by steps
+The estimate uses only figures measured for this project (docs/performance.md, docs/toy-world.md), scaled by steps
 and images; where none was measured for the model and device, it says so instead of guessing.
 """
 
@@ -17,8 +17,11 @@ from .variants import get_variant, ordered
 
 # (model.name, device type) → (seconds per image and model call of plain sampling, where measured).
 MEASURED = {
-    ("sd21-base", "cuda"): (0.3275 / 50, "H100, fp16, batch 8, 512 px"),
-    ("tiny", "cpu"): (1.5469 / 20, "2-core CPU, one thread, batch 4"),
+    ("sd21-base", "cuda"): (0.3275 / 50, "docs/performance.md: H100, fp16, batch 8, 512 px"),
+    ("tiny", "cpu"): (1.5469 / 20, "docs/performance.md: 2-core CPU, one thread, batch 4"),
+    # experiment=toy_context: 829 s for 4 variants × 400 images × 25 calls, scoring included (toy-world.md §8.5)
+    ("toy", "cpu"): (829 / (1620 * 25), "docs/toy-world.md §8.5: 2-core CPU, batch 10, scoring included"),
+    ("toy_context", "cpu"): (829 / (1620 * 25), "docs/toy-world.md §8.5: 2-core CPU, batch 10, scoring included"),
 }
 # Time of a variant relative to plain sampling: asyndm_over_dm measured 1.035-1.049; the baselines
 # by their UNet passes per image (docs/baselines.md; Attend-and-Excite by its measured time).
@@ -73,7 +76,7 @@ def make_plan(cfg: DictConfig, run_dir: Path, device: str) -> Plan:
         per_step, where = measured
         calls = sum(n * variant_cost(v) for v, n in missing.items()) + extra
         seconds = calls * steps * per_step
-        basis = f"from docs/performance.md ({where}), {steps} steps"
+        basis = f"measured in {where}; {steps} steps"
     return Plan(len(specs), int(s.images_per_prompt), variants, len(batches), batches_missing, missing, extra,
                 seconds, basis)
 
