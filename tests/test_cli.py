@@ -64,8 +64,8 @@ BAD = {
     "mask resolution": (["mask.resolution=12"], "mask.resolution=12"),
     "image size": (["sample.height=-8"], "sample.height=-8"),
     "generator device": (["sample.generator_device=tpu"], "sample.generator_device=tpu"),
-    "oracle without a world": (["variants=[dm,asyndm_oracle]"], "names no prompts.oracle_masks"),
-    "oracle function missing": (["variants=[dm,asyndm_oracle]", "+prompts.oracle_masks=evaluation.shapes:nothing"],
+    "oracle without a world": (["prompts=animal", "variants=[dm,asyndm_oracle]"], "names no prompts.oracle_masks"),
+    "oracle function missing": (["variants=[dm,asyndm_oracle]", "prompts.oracle_masks=evaluation.shapes:nothing"],
                                 "has no function 'nothing'"),
 }
 BAD_ARGS = ["model=tiny", "prompts.limit=2", *SMALL]
