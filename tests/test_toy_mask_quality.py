@@ -57,3 +57,19 @@ def test_shapes_oracle_masks_follow_the_painted_colours():
     same = render([Obj("square", "red", 8.0, 8.0, 4.0), Obj("circle", "red", 24.0, 24.0, 4.0)])
     shared = PromptSpec(0, "a red square and a red circle", ["square", "circle"], [0.5, 0.7])
     assert set(np.unique(oracle_assignment(same, shared, (32, 32))).tolist()) == {-1, 1}  # the larger k wins
+
+
+def test_toy_grid_places_each_variant_and_the_mask_of_the_first_prompts_per_category(tmp_path):
+    from PIL import Image
+
+    from evaluation.offline.fake_run import make_fake_run
+
+    prompts = ["a red circle", "a blue square", "a green circle", "two red circles"]
+    run = make_fake_run(tmp_path / "run", prompts=prompts, categories=["single", "single", "single", "count"],
+                        seeds=(7, 8))
+    grid = _script("toy_grid").toy_grid(run, per_category=2, scale=2, label=10)
+    assert grid.size == (4 * 64, 10 + 3 * (10 + 64))  # 2 single + 1 count rows, 4 columns
+    first = Image.open(run / "images" / "00000_dm_concave.png").convert("RGB").resize((64, 64), Image.NEAREST)
+    assert grid.crop((64, 20, 128, 84)).tobytes() == first.tobytes()  # row 0 (seed 7), column dm_concave
+    mask = Image.open(run / "masks" / "00002_asyndm.png").convert("RGB").resize((64, 64), Image.NEAREST)
+    assert grid.crop((192, 94, 256, 158)).tobytes() == mask.tobytes()  # row 1: prompt 1 at seed 7 (image 2)
