@@ -80,16 +80,9 @@ class FluxBackend(FlowTransformerBackend):
     # --------------------------------------------------------------- sizes
 
     @property
-    def default_size(self) -> tuple[int, int]:
-        """The pipeline's default, 128 × the VAE factor (1024 px for FLUX.1) whatever the checkpoint."""
-        side = self.pipe.default_sample_size * self.vae_scale_factor
-        return side, side
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
-        """Unpacked latents (C, h, w): C = the transformer's input channels / 4."""
-        self._check_size(height, width)
-        factor = self.vae_scale_factor
-        return self.transformer.config.in_channels // 4, height // factor, width // factor
+    def latent_channels(self) -> int:
+        """The transformer takes 2×2-packed latents: its input channels / 4."""
+        return self.transformer.config.in_channels // 4
 
     # --------------------------------------------------------------- prompts
 

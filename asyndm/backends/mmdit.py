@@ -74,6 +74,24 @@ class FlowTransformerBackend(Backend):
     def patch(self) -> int:
         """Latent pixels per image token along each side (SD3: the patch size; Flux: 2, its packing)."""
 
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of the unpacked latents (SD3: the transformer's input channels; Flux: a quarter of them)."""
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """The pipeline's default, ``default_sample_size`` × the VAE factor (1024 px for SD3.5 and
+        FLUX.1), whatever the checkpoint."""
+        side = self.pipe.default_sample_size * self.vae_scale_factor
+        return side, side
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """Unpacked latents (C, h, w)."""
+        self._check_size(height, width)
+        factor = self.vae_scale_factor
+        return self.latent_channels, height // factor, width // factor
+
     def map_shape(self, latents: torch.Tensor) -> tuple[int, int]:
         height, width = latents.shape[-2:]
         return height // self.patch, width // self.patch

@@ -45,14 +45,8 @@ class StableDiffusion3Backend(FlowTransformerBackend):
         return int(self.transformer.config.patch_size)
 
     @property
-    def default_size(self) -> tuple[int, int]:
-        side = self.pipe.default_sample_size * self.vae_scale_factor
-        return side, side
-
-    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
-        self._check_size(height, width)
-        factor = self.vae_scale_factor
-        return self.transformer.config.in_channels, height // factor, width // factor
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
 
     # --------------------------------------------------------------- prompts
 
