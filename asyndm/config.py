@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .curves import CURVES, SEMANTICS
 from .errors import ConfigError
 from .sampler import MASK_MODES
-from .variants import VARIANTS, get_variant, unknown_variant
+from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
 
@@ -191,7 +191,7 @@ def validate(cfg: DictConfig) -> None:
         problem = unknown_variant(v, " in variants")
         _require(problem is None, problem)
     _require(len(set(variants)) == len(variants), f"variants={variants} lists a variant twice")
-    oracles = [v for v in variants if get_variant(v).masks == "oracle"]
+    oracles = oracle_variants(variants)
     _require(not oracles or bool(cfg.prompts.get("oracle_masks")),
              f"variants: {oracles[0] if oracles else ''} reads its masks off dm's finished images, which needs a "
              f"prompt set whose images can be read exactly: prompts={cfg.prompts.get('name')} names no "

@@ -42,7 +42,7 @@ from .plan import (
 )
 from .sampler import SamplingSettings
 from .sweep import sweep_job
-from .variants import get_variant, ordered
+from .variants import oracle_variants, ordered
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
             raise ConfigError(f"mask.resolution={resolution}: this model has no attention layer on a "
                               f"{resolution}-sided grid at this image size; choose one of {available} "
                               f"(or null: latent side / 4)")
-    oracle = load_oracle(cfg.prompts.oracle_masks) if any(
-        get_variant(v).masks == "oracle" for v in cfg.variants) else None
+    oracle = load_oracle(cfg.prompts.oracle_masks) if oracle_variants(cfg.variants) else None
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:
         resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)

@@ -26,7 +26,7 @@ from .curves import Curves
 from .guidance import GuidanceRule
 from .masks import masks_from_attention
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule
-from .variants import VARIANTS, get_variant
+from .variants import VARIANTS, get_variant, oracle_variants
 
 MASK_MODES = ("dynamic", "static")
 Callback = Callable[[StepInfo], None]
@@ -189,7 +189,7 @@ class AsyncSampler:
         its images are dm's own, so it counts as the dm result when dm is asked for too. Oracle
         variants (``asyndm_oracle``) take ``oracle(dm latents)`` as their masks, from the same dm pass.
         """
-        oracles = [v for v in variants if get_variant(v).masks == "oracle"]
+        oracles = oracle_variants(variants)
         if oracles and oracle is None:
             raise ValueError(f"variant {oracles[0]} reads its masks off dm's finished image: pass oracle= "
                              f"(the prompt set's prompts.oracle_masks, asyndm/oracle.py)")

@@ -119,6 +119,11 @@ def get_variant(name: str) -> Variant:
                    by_rule.guidance, by_rule.options, by_rule.options_name, VARIANTS[schedule].masks)
 
 
+def oracle_variants(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` whose masks are read off dm's finished image (asyndm/oracle.py)."""
+    return [name for name in names if get_variant(name).masks == "oracle"]
+
+
 def ordered(names: Iterable[str]) -> list[str]:
     """``names`` in registry order (dm first), composed variants after, in the order given."""
     names = list(names)

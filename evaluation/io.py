@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from asyndm.outputs import atomic_write_bytes
+from asyndm.plan import mask_file
 
 MANIFEST_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file"]
 RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
@@ -70,7 +71,7 @@ def read_results(run_dir: Path) -> pd.DataFrame:
 
 def mask_files(run_dir: Path, image_idx: int, variants: list[str]) -> dict[str, Path]:
     """variant -> masks/{image_idx:05}_{variant}.png for those of `variants` that saved a mask picture."""
-    found = {v: Path(run_dir) / "masks" / f"{int(image_idx):05}_{v}.png" for v in variants}
+    found = {v: Path(run_dir) / mask_file(int(image_idx), v) for v in variants}
     return {v: p for v, p in found.items() if p.is_file()}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from asyndm.plan import mask_file  # noqa: E402
 from evaluation.io import read_manifest  # noqa: E402
 
 COLUMNS = ("dm", "dm_concave", "asyndm", "mask")
@@ -27,7 +28,7 @@ def toy_grid(run_dir: Path, per_category: int = 2, scale: int = 4, label: int = 
     for row in prompts.itertuples():
         files = first[first.prompt_idx == row.prompt_idx].set_index("variant")
         tiles = [Image.open(run_dir / files.loc[v, "file"]).convert("RGB") for v in COLUMNS[:3]]
-        tiles.append(Image.open(run_dir / "masks" / f"{int(files.loc['asyndm', 'image_idx']):05}_asyndm.png").convert("RGB"))
+        tiles.append(Image.open(run_dir / mask_file(int(files.loc["asyndm", "image_idx"]))).convert("RGB"))
         cell = cell or (tiles[0].width * scale, tiles[0].height * scale)
         rows.append((f"{row.category}: {row.prompt}", [t.resize(cell, Image.NEAREST) for t in tiles]))
     if not rows:
