@@ -85,15 +85,22 @@ class AsyncPipeline:
         sampler = AsyncSampler(self.backend, settings)
         seeds = [int(s) for s in seeds]
         tokens = self.item_tokens(spec, item_tokens)
+        decoded: dict[int, list] = {}  # the oracle's dm images are dm's output too: decode them once
+
+        def decode(latents: torch.Tensor) -> list:
+            if id(latents) not in decoded:
+                decoded[id(latents)] = sampler.decode(latents)
+            return decoded[id(latents)]
+
         oracle = None
         if oracle_masks is not None:
             function = load_oracle(oracle_masks)
             oracle = lambda latents: read_oracle_masks(  # noqa: E731
-                function, sampler.decode(latents), spec, self.backend.map_shape(latents))
+                function, decode(latents), spec, self.backend.map_shape(latents))
         results = sampler.sample(spec.prompt, tokens, list(spec.k), seeds, list(variants), masks, callbacks, oracle)
         return {
             name: VariantOutput(
-                images=sampler.decode(result.latents) if output_type == "pil" else None,
+                images=decode(result.latents) if output_type == "pil" else None,
                 latents=result.latents,
                 masks=result.assignment,
                 seeds=seeds,

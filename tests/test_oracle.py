@@ -88,3 +88,18 @@ def test_on_the_context_model_the_oracle_masks_are_the_dm_images_ground_truth():
     grid = tuple(out["dm"].latents.shape[-2:])
     for image, masks in zip(out["dm"].images, out["asyndm_oracle"].masks):
         assert np.array_equal(masks.numpy(), oracle_assignment(image, spec, grid))
+
+
+def test_the_dm_images_the_oracle_reads_are_decoded_once(tiny_pipe, monkeypatch):
+    from asyndm.sampler import AsyncSampler
+
+    calls = []
+    original = AsyncSampler.decode
+
+    def counting(self, latents):
+        calls.append(latents.shape[0])
+        return original(self, latents)
+
+    monkeypatch.setattr(AsyncSampler, "decode", counting)
+    out = tiny_pipe.generate(SPEC, [1, 2], SETTINGS, ["dm", "asyndm_oracle"], oracle_masks=lambda im, sp, g: np.full(g, -1))
+    assert len(calls) == 2 and len(out["dm"].images) == 2  # dm once (oracle and output share it), the oracle once
