@@ -3,7 +3,8 @@
 In the style of diffusers' guiders: a rule is a small object with one job, kept apart from the
 schedule (which pixels follow which curve) and from the update step (the backend's). It calls
 ``model(latents, states, text, capture_rows=...)``, a backend's ``predict`` with the step's
-``uniform`` flag and attention capture already bound, as often as it needs, and returns a
+``uniform`` flag and attention capture already bound, as often as it needs (a batched pass passes the
+step's states once: they repeat for each conditioning), and returns a
 ``Prediction``. ``capture_rows`` names the rows whose item maps make the masks (§6: the
 conditional half of the guidance batch). ``context`` (a ``StepContext``) says where the step goes,
 for rules that take extra steps of their own.
@@ -41,7 +42,7 @@ def guidance_passes(model: ModelCall, latents: torch.Tensor, states: torch.Tenso
     if not positive:
         return model(latents, states, cond.negative), None
     text = TextConditioning.cat([cond.negative, cond.positive])
-    out = model(torch.cat([latents] * 2), torch.cat([states] * 2), text, capture_rows=slice(batch, 2 * batch))
+    out = model(torch.cat([latents] * 2), states, text, capture_rows=slice(batch, 2 * batch))
     return out.chunk(2)
 
 

@@ -78,9 +78,13 @@ def denoise(
 ) -> torch.Tensor:
     """One variant's loop over ``num_steps`` model calls; returns the final latents."""
     model = partial(backend.predict, uniform=schedule.uniform, attention=attention)
+    if not schedule.uniform:
+        backend.announce(schedule.state(0))
     for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
         states = schedule.state(step)  # (B, h, w)
         next_states = schedule.next_state(step)  # t_step → t_step+1 from the masks known now (§6)
+        if not schedule.uniform and step + 1 < num_steps:
+            backend.announce(next_states)  # the next call's states, before this call is queued
         context = StepContext(step, num_steps, next_states, eta, generators, backend, tokens)
         prediction = guidance(model, latents, states, cond, context)
         start = latents if prediction.sample is None else prediction.sample  # a rule may move them first

@@ -13,11 +13,13 @@ places, nothing else in the model changes:
 2. **A modulation table per AdaLN, gathered per token.** Each image-stream AdaLN applies its linear
    layer to those rows (a few rows per sample instead of one per token: §9's "embed distinct
    timesteps once and gather") and each token gathers its row, chunk by chunk when it is used.
-3. **Per-token modulations where they act.** The blocks apply the AdaLN outputs as (B, D) vectors
-   (``gate.unsqueeze(1) * x``), so the wrapped AdaLN returns the per-token normalised input and
-   neutral (B, D) placeholders (gate 1, shift 0, scale 0), and forward hooks apply the per-token gate
-   to the attention and feed-forward outputs and the per-token shift and scale after ``norm2``.
-   ``1·y`` and ``y·(1 + 0) + 0`` are exact, so each token gets the plain call's arithmetic.
+3. **Per-token modulations where they act.** The wrapped AdaLN returns the per-token normalised
+   input itself, and in place of each (B, D) gate, shift and scale vector a ``TokenVector``: the
+   blocks only ever broadcast those over the tokens (``gate.unsqueeze(1) * y``,
+   ``y * (1 + scale[:, None]) + shift[:, None]``), and a ``TokenVector`` answers exactly those
+   expressions with the (B, L, D) per-token tensor, so the block's own multiply and add apply it:
+   each token gets the plain call's arithmetic, with no extra pass over the tokens but the gathers.
+   Any other use raises (a diffusers version that uses them otherwise is refused, not mis-sampled).
 
 Text tokens that share a sequence with image tokens (Flux's single-stream blocks, text first) gather
 their sample's text-stream row. Everything is restored on exit.
@@ -65,21 +67,68 @@ class TokenRows:
         return torch.cat([own, self.image_rows], dim=1)
 
 
-def distinct_rows(timesteps: torch.Tensor, text_timesteps: torch.Tensor) -> tuple[torch.Tensor, TokenRows]:
-    """The extended timestep vector and the token rows for a (B, N) map of model timesteps.
+class DistinctTimesteps:
+    """Each sample's distinct timesteps in a (B, N) map, found on the device without waiting for it.
 
-    Returns ``extended`` (B + P,): the text-stream timesteps, then the P distinct (sample, timestep)
-    pairs of the map, sample by sample (each sample's own distinct timesteps: a sample's modulation
-    also depends on its pooled text); and the ``TokenRows`` that index it. ``torch.unique`` needs P on
-    the host: one small synchronisation per call (docs/mmdit.md, "Cost").
+    Sorting each row and ranking where its value changes gives every token the index of its timestep
+    among its sample's distinct ones (ascending). Only the B counts must reach the host, to size the
+    embedding table; they travel in a non-blocking copy started here. The sampling loop names each
+    call's states one call ahead (``Backend.announce``), so by the time the call reads the counts the
+    copy has finished long ago: the device never waits for the host (docs/mmdit.md, "Cost").
     """
-    batch, tokens = timesteps.shape
-    samples = torch.arange(batch, device=timesteps.device)
-    pairs = torch.stack([samples.repeat_interleave(tokens).to(timesteps.dtype), timesteps.reshape(-1)], dim=1)
-    distinct, inverse = torch.unique(pairs, dim=0, return_inverse=True)  # (P, 2) by sample, then timestep
-    extended = torch.cat([text_timesteps.to(timesteps.dtype), distinct[:, 1]])
-    sample_of_row = torch.cat([samples, distinct[:, 0].long()])
-    return extended, TokenRows(sample_of_row, batch + inverse.view(batch, tokens))
+
+    def __init__(self, timesteps: torch.Tensor):
+        ordered, order = timesteps.sort(dim=1)
+        changes = torch.ones_like(ordered, dtype=torch.bool)
+        changes[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        ordered_rank = changes.cumsum(dim=1) - 1  # (B, N) index of each sorted token's distinct value
+        counts = ordered_rank[:, -1] + 1
+        self.timesteps = timesteps
+        self._ordered, self._ordered_rank = ordered, ordered_rank
+        self._rank = torch.empty_like(ordered_rank).scatter_(1, order, ordered_rank)  # in token order
+        self._offsets = counts.cumsum(0) - counts  # each sample's first row in the table
+        self._ready = None
+        if counts.is_cuda:  # a pinned buffer and an event: the copy runs behind the work already queued
+            self._counts = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+            self._counts.copy_(counts, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._counts = counts
+
+    @property
+    def counts(self) -> list[int]:
+        """Distinct timesteps per sample, on the host."""
+        if self._ready is not None and not self._ready.query():
+            self._ready.synchronize()  # only when read right after the map was made (an unannounced call)
+        return self._counts.tolist()
+
+    def rows(self, text_timesteps: torch.Tensor, repeats: int = 1) -> tuple[torch.Tensor, "TokenRows"]:
+        """The extended timestep vector and the token rows of a call on ``repeats`` copies of the map
+        (a batched pass of several conditionings, [negative; positive]).
+
+        ``extended`` (R + P,), R = repeats·B rows: the text-stream timesteps (R,), then for each row its
+        sample's distinct timesteps, ascending; the ``TokenRows`` index it.
+        """
+        batch, tokens = self.timesteps.shape
+        total = sum(self.counts)
+        device = self.timesteps.device
+        table_index = (self._offsets[:, None] + self._ordered_rank).flatten()
+        values = self._ordered.new_empty(total).scatter_(0, table_index, self._ordered.flatten())
+        samples = torch.arange(batch, device=device)
+        sample_rows = samples.new_empty(total).scatter_(0, table_index, samples.repeat_interleave(tokens))
+        copies = torch.arange(repeats, device=device)
+        rows = repeats * batch
+        extended = torch.cat([text_timesteps.to(values.dtype), values.repeat(repeats)])
+        sample_of_row = torch.cat([torch.arange(rows, device=device),
+                                   (sample_rows[None] + batch * copies[:, None]).flatten()])
+        image_rows = rows + (self._offsets[:, None] + self._rank)[None] + total * copies[:, None, None]
+        return extended, TokenRows(sample_of_row, image_rows.view(rows, tokens))
+
+
+def distinct_rows(timesteps: torch.Tensor, text_timesteps: torch.Tensor) -> tuple[torch.Tensor, TokenRows]:
+    """``DistinctTimesteps(timesteps).rows(text_timesteps)``: a map used at once (its counts waited for)."""
+    return DistinctTimesteps(timesteps).rows(text_timesteps)
 
 
 class _Modulation:
@@ -92,22 +141,65 @@ class _Modulation:
     def chunk(self, index: int, plus_one: bool = False) -> torch.Tensor:
         """(B, L, D) chunk ``index`` of every token's row; ``plus_one``: 1 + the chunk (a scale), added
         on the table's few rows before the gather: the same sums as the model's ``1 + scale``."""
-        rows = self.token_rows
         column = self.table[:, index]
-        if plus_one:
-            column = 1 + column
-        return column.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+        return _gather(1 + column if plus_one else column, self.token_rows)
+
+    def vector(self, index: int) -> "TokenVector":
+        return TokenVector(self.table[:, index], self.token_rows)
 
 
-class _BlockSlot:
-    """The modulation of the block being run, set by its AdaLN and read by its hooks."""
+def _gather(column: torch.Tensor, token_rows: torch.Tensor) -> torch.Tensor:
+    """(B, L, D): each token's row of a (rows, D) table column."""
+    return column.index_select(0, token_rows.reshape(-1)).view(*token_rows.shape, -1)
 
-    modulation: _Modulation | None = None
 
-    def take(self) -> _Modulation:
-        if self.modulation is None:
-            raise RuntimeError("a per-token hook ran before its block's AdaLN")
-        return self.modulation
+class TokenVector:
+    """An AdaLN output chunk per token, where the block expects a (B, D) vector to broadcast.
+
+    ``v.unsqueeze(1)`` and ``v[:, None]`` (then ``1 + ·``, ``y * ·``, ``y + ·``) give the (B, L, D)
+    per-token tensor, gathered from the table's few rows; ``1 + v[:, None]`` adds on the table first
+    (the same sums as the model's). Nothing else is supported: it raises, naming the expression.
+    """
+
+    def __init__(self, column: torch.Tensor, token_rows: torch.Tensor):
+        self.column = column  # (rows, D)
+        self.token_rows = token_rows  # (B, L)
+
+    def unsqueeze(self, dim: int) -> torch.Tensor:
+        if dim != 1:
+            raise NotImplementedError(f"a per-token AdaLN vector was unsqueezed at dim {dim}; asyndm supports "
+                                      f"the blocks' gate.unsqueeze(1)")
+        return _gather(self.column, self.token_rows)
+
+    def __getitem__(self, index) -> "_Broadcast":
+        if index != (slice(None), None):
+            raise NotImplementedError(f"a per-token AdaLN vector was indexed with {index!r}; asyndm supports the "
+                                      f"blocks' v[:, None]")
+        return _Broadcast(self)
+
+    def __getattr__(self, name):
+        raise NotImplementedError(f"the block used .{name} of an AdaLN output that asyndm makes per token; "
+                                  f"this diffusers version's MMDiT blocks are not supported")
+
+
+class _Broadcast:
+    """``v[:, None]`` of a ``TokenVector``: combines with a number (on the table) or a token tensor."""
+
+    def __init__(self, vector: TokenVector):
+        self.vector = vector
+
+    def _tokens(self) -> torch.Tensor:
+        return _gather(self.vector.column, self.vector.token_rows)
+
+    def __radd__(self, other):
+        if isinstance(other, (int, float)):  # 1 + scale: on the table's rows, then gathered
+            return _gather(other + self.vector.column, self.vector.token_rows)
+        return other + self._tokens()
+
+    def __rmul__(self, other):
+        return other * self._tokens()
+
+    __add__, __mul__ = __radd__, __rmul__
 
 
 # Chunk layouts of the AdaLN outputs (diffusers.models.normalization), and where each chunk acts.
@@ -158,16 +250,13 @@ class TokenTimesteps:
     def active(self, rows: TokenRows):
         """Within the block, calls made with the extended timestep vector of ``rows`` are per token."""
         patched: list = []  # modules whose forward is wrapped
-        handles = []
         try:
             self._wrap(self.embedder, self._embed(self.embedder, rows), patched)
             for block in self.blocks:
-                handles += self._patch_block(block, rows, patched)
+                self._patch_block(block, rows, patched)
             self._wrap(self.transformer.norm_out, self._final(self.transformer.norm_out, rows), patched)
             yield
         finally:
-            for handle in handles:
-                handle.remove()
             for module in patched:
                 del module.forward  # the class's forward again
 
@@ -191,40 +280,26 @@ class TokenTimesteps:
 
         return forward
 
-    def _patch_block(self, block, rows: TokenRows, patched: list) -> list:
-        slot = _BlockSlot()
+    def _patch_block(self, block, rows: TokenRows, patched: list) -> None:
         norm = _image_norm(block)
-        kind = _kind(norm)
-        self._wrap(norm, self._adaln(norm, kind, rows, slot), patched)
-        if kind == "single":
-            return [block.proj_out.register_forward_hook(_gate(slot, 2))]
-        handles = [
-            block.attn.register_forward_hook(_gate(slot, 2)),
-            block.norm2.register_forward_hook(_shift_scale(slot, shift=3, scale=4)),
-            block.ff.register_forward_hook(_gate(slot, 5)),
-        ]
-        if kind == "zero_x":
-            handles.append(block.attn2.register_forward_hook(_gate(slot, 8)))
-        return handles
+        self._wrap(norm, self._adaln(norm, _kind(norm), rows), patched)
 
     @staticmethod
-    def _adaln(norm, kind: str, rows: TokenRows, slot: _BlockSlot):
+    def _adaln(norm, kind: str, rows: TokenRows):
         chunks = _CHUNKS[kind]
 
         def forward(x, *args, emb=None, **kwargs):
             table = norm.linear(norm.silu(rows.temb))  # (rows, chunks·D): the distinct timesteps only
             modulation = _Modulation(table, chunks, rows.sequence_rows(x.shape[1]))
-            slot.modulation = modulation
             normed = norm.norm(x)
             out = normed * modulation.chunk(1, plus_one=True) + modulation.chunk(0)
-            one = x.new_ones(x.shape[0], x.shape[-1])
-            zero = x.new_zeros(x.shape[0], x.shape[-1])
             if kind == "single":
-                return out, one
+                return out, modulation.vector(2)
+            rest = [modulation.vector(i) for i in (2, 3, 4, 5)]  # gate_msa, shift_mlp, scale_mlp, gate_mlp
             if kind == "zero":
-                return out, one, zero, zero, one
+                return (out, *rest)
             out2 = normed * modulation.chunk(7, plus_one=True) + modulation.chunk(6)
-            return out, one, zero, zero, one, out2, one
+            return (out, *rest, out2, modulation.vector(8))
 
         return forward
 
@@ -237,24 +312,3 @@ class TokenTimesteps:
 
         return forward
 
-
-def _gate(slot: _BlockSlot, chunk: int):
-    """Forward hook: the module's (first) output times the per-token gate ``chunk``."""
-
-    def hook(module, inputs, output):
-        gate = slot.take().chunk(chunk)
-        if isinstance(output, tuple):
-            return (gate * output[0], *output[1:])
-        return gate * output
-
-    return hook
-
-
-def _shift_scale(slot: _BlockSlot, shift: int, scale: int):
-    """Forward hook on ``norm2``: the per-token shift and scale the block then applies as (1 + 0, + 0)."""
-
-    def hook(module, inputs, output):
-        modulation = slot.take()
-        return output * modulation.chunk(scale, plus_one=True) + modulation.chunk(shift)
-
-    return hook

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import asyndm.backends.mmdit as mmdit
 from asyndm.backends.flux import EmbeddedGuidance
 from asyndm.joint_attention import JointAttentionStore, capture_joint_attention, flux_query_keys
 from asyndm.sampler import AsyncSampler, SamplingSettings
-from asyndm.token_timesteps import TokenRows
+from asyndm.token_timesteps import DistinctTimesteps
+from tests.test_token_timesteps import one_row_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a cat eating a sandwich"
@@ -99,14 +99,8 @@ def test_embedding_distinct_timesteps_equals_one_row_per_token(tiny_flux_backend
     states = torch.tensor([990.0, 640.25, 300.0])[torch.randint(0, 3, (2, 16, 16), generator=generator)]
     fast = tiny_flux_backend.predict(latents, states, text, uniform=False)
 
-    def every_token(timesteps, text_timesteps):
-        batch, count = timesteps.shape
-        samples = torch.arange(batch)
-        rows = TokenRows(torch.cat([samples, samples.repeat_interleave(count)]),
-                         batch + torch.arange(batch * count).view(batch, count))
-        return torch.cat([text_timesteps, timesteps.reshape(-1)]), rows
 
-    monkeypatch.setattr(mmdit, "distinct_rows", every_token)
+    monkeypatch.setattr(DistinctTimesteps, "rows", one_row_per_token)
     torch.testing.assert_close(fast, tiny_flux_backend.predict(latents, states, text, uniform=False),
                                rtol=1e-5, atol=1e-6)
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import asyndm.backends.mmdit as mmdit
 from asyndm.callbacks import RecordTimesteps
 from asyndm.joint_attention import JointAttentionStore, capture_joint_attention, sd3_query_keys
 from asyndm.sampler import AsyncSampler, SamplingSettings
-from asyndm.token_timesteps import TokenRows
+from asyndm.token_timesteps import DistinctTimesteps
+from tests.test_token_timesteps import one_row_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a cat eating a sandwich"
@@ -102,15 +102,8 @@ def test_embedding_distinct_timesteps_equals_one_row_per_token(tiny_sd3_backend,
     states = torch.tensor([980.0, 700.5, 410.0, 55.0])[torch.randint(0, 4, (2, 16, 16), generator=generator)]
     fast = tiny_sd3_backend.predict(latents, states, text, uniform=False)
 
-    def every_token(timesteps, text_timesteps):
-        batch, tokens = timesteps.shape
-        samples = torch.arange(batch)
-        extended = torch.cat([text_timesteps, timesteps.reshape(-1)])
-        rows = TokenRows(torch.cat([samples, samples.repeat_interleave(tokens)]),
-                         batch + torch.arange(batch * tokens).view(batch, tokens))
-        return extended, rows
 
-    monkeypatch.setattr(mmdit, "distinct_rows", every_token)
+    monkeypatch.setattr(DistinctTimesteps, "rows", one_row_per_token)
     full = tiny_sd3_backend.predict(latents, states, text, uniform=False)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
     # and the per-token timesteps matter: the same call with one timestep differs
@@ -126,6 +119,34 @@ def test_the_text_stream_sees_the_samples_smallest_state_by_default(tiny_sd3_bac
         assert tiny_sd3_backend._text_states(states).tolist() == [550.0]
     finally:
         tiny_sd3_backend.text_timestep = "min"
+
+
+def test_the_loop_names_every_per_token_call_ahead_and_an_unnamed_call_gives_the_same_output(tiny_sd3_backend, tokens):
+    """Dynamic masks under CFG, zsampling's extra calls: every per-token call's distinct timesteps were
+    found one call ahead (docs/mmdit.md, "Cost"); a call on a map nobody announced is counted and
+    gives the same output as the announced one."""
+    backend = tiny_sd3_backend
+    before = backend.unannounced_calls
+    seen = []
+
+    class RecordStates:
+        needs_item_maps = False
+
+        def __call__(self, info):
+            seen.append(info.next_states.clone())
+
+    sample(backend, tokens, "asyndm", steps=4, guidance_scale=5.0, callbacks=[RecordStates()])
+    sample(backend, tokens, "asyndm+zsampling", steps=3, guidance_scale=5.0)
+    assert backend.unannounced_calls == before
+    latents, text = _latents_and_text(backend, seed=6)
+    states = seen[2]  # a map with several distinct timesteps per sample
+    assert states.flatten(1).unique(dim=1).shape[1] > 1
+    backend.announce(states)
+    announced = backend.predict(latents, states, text, uniform=False)
+    assert backend.unannounced_calls == before
+    unnamed = backend.predict(latents, states.clone(), text, uniform=False)
+    assert backend.unannounced_calls == before + 1
+    assert torch.equal(announced, unnamed)
 
 
 def test_the_model_is_restored_after_a_per_token_call(tiny_sd3_backend):

@@ -228,6 +228,19 @@ class Backend(ABC):
     def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
         """What the model sees for curve states (SD: round(), §3; flow matching: the shifted time)."""
 
+    def announce(self, states: torch.Tensor) -> None:
+        """The states of a coming model call, named one call ahead by the sampling loop, so a backend can
+        prepare what it needs from them without waiting on the device. Default: nothing to prepare."""
+
+    @staticmethod
+    def repeats(latents: torch.Tensor, states: torch.Tensor) -> int:
+        """How many conditionings a call batches: a rule passes the step's (B, h, w) states once for
+        latents of m·B rows ([negative; positive]), and each copy of the latents reads them."""
+        if len(latents) % len(states):
+            raise ValueError(f"{len(latents)} latent rows for states of {len(states)} images: pass the step's "
+                             f"states once per image (they repeat for each conditioning of a batched pass)")
+        return len(latents) // len(states)
+
     @abstractmethod
     def predict(
         self,
@@ -238,7 +251,8 @@ class Backend(ABC):
         capture_rows: slice | None = None,
         attention: ItemAttention | None = None,
     ) -> torch.Tensor:
-        """The model output for ``latents`` with per-cell timesteps from ``states`` (B, h, w).
+        """The model output for ``latents`` with per-cell timesteps from ``states`` (B, h, w); latents
+        of m·B rows (a batched pass of m conditionings) read the B images' states m times over.
 
         ``uniform``: every cell of every image shares one state, so the plain model call is used.
         ``capture_rows``: the batch rows whose item maps ``attention`` keeps for this call.

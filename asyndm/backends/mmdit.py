@@ -17,6 +17,7 @@ segments are, and which τ its pipeline uses.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections import deque
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
-from ..token_timesteps import TokenTimesteps, distinct_rows
+from ..token_timesteps import DistinctTimesteps, TokenTimesteps
 from .base import Backend, ItemAttention, ItemTokens, Prediction, TextConditioning, Timeline
 
 TEXT_TIMESTEPS = ("min", "mean", "max")
@@ -58,6 +59,8 @@ class FlowTransformerBackend(Backend):
         self.text_timestep = text_timestep
         self.shift = FlowShift.from_scheduler(pipe.scheduler, self.shift_precision())
         self.token_timesteps = TokenTimesteps(pipe.transformer)
+        self._announced: deque = deque(maxlen=2)  # (states, DistinctTimesteps): this call's and the next's
+        self.unannounced_calls = 0  # per-token calls whose distinct timesteps had to be waited for
 
     # --------------------------------------------------------------- components and sizes
 
@@ -141,16 +144,29 @@ class FlowTransformerBackend(Backend):
             return flat.amin(dim=1)
         return flat.amax(dim=1) if self.text_timestep == "max" else flat.mean(dim=1)
 
+    def announce(self, states: torch.Tensor) -> None:
+        """Find the coming call's distinct timesteps now; their counts reach the host while the calls
+        queued before it run (asyndm/token_timesteps.py)."""
+        self._announced.append((states, DistinctTimesteps(self.model_timesteps(states).flatten(1))))
+
+    def _distinct(self, states: torch.Tensor) -> DistinctTimesteps:
+        """The announced map's distinct timesteps; for a map nobody announced, found now (and waited for)."""
+        for announced, distinct in self._announced:
+            if announced is states:
+                return distinct
+        self.unannounced_calls += 1
+        return DistinctTimesteps(self.model_timesteps(states).flatten(1))
+
     def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
         tokens = states.shape[-2] * states.shape[-1]
-        timesteps = self.shift.model_timesteps(states, tokens)  # (B, h, w)
+        repeats = self.repeats(latents, states)
         if attention is not None and capture_rows is not None:
             attention.arm(capture_rows)
         try:
             if uniform:  # one timestep for every token: the plain diffusers call
-                return self._forward(latents, timesteps[:, 0, 0], text)
-            text_timesteps = self.shift.model_timesteps(self._text_states(states), tokens)
-            extended, rows = distinct_rows(timesteps.flatten(1), text_timesteps)
+                return self._forward(latents, self.model_timesteps(states)[:, 0, 0].repeat(repeats), text)
+            text_timesteps = self.shift.model_timesteps(self._text_states(states), tokens).repeat(repeats)
+            extended, rows = self._distinct(states).rows(text_timesteps, repeats)
             with self.token_timesteps.active(rows):
                 return self._forward(latents, extended, text)
         finally:

@@ -163,7 +163,7 @@ class StableDiffusionBackend(Backend):
         return text.tensors
 
     def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
-        timesteps = self.model_timesteps(states)  # (B, h, w)
+        timesteps = self.model_timesteps(states).repeat(self.repeats(latents, states), 1, 1)  # (rows, h, w)
         kwargs = self.unet_kwargs(latents, text)
         if attention is not None and capture_rows is not None:
             attention.arm(capture_rows)
