@@ -28,7 +28,7 @@ their sample's text-stream row. Everything is restored on exit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.models.normalization import (
@@ -51,6 +51,7 @@ class TokenRows:
     sample_of_row: torch.Tensor
     image_rows: torch.Tensor
     temb: torch.Tensor | None = None
+    _sequences: dict = field(default_factory=dict, repr=False)  # length → rows, made once per call
 
     @property
     def batch(self) -> int:
@@ -63,8 +64,10 @@ class TokenRows:
             raise ValueError(f"a sequence of {length} tokens is shorter than the {self.image_rows.shape[1]} image tokens")
         if text == 0:
             return self.image_rows
-        own = torch.arange(self.batch, device=self.image_rows.device)[:, None].expand(self.batch, text)
-        return torch.cat([own, self.image_rows], dim=1)
+        if length not in self._sequences:
+            own = torch.arange(self.batch, device=self.image_rows.device)[:, None].expand(self.batch, text)
+            self._sequences[length] = torch.cat([own, self.image_rows], dim=1)
+        return self._sequences[length]
 
 
 class DistinctTimesteps:
