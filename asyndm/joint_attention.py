@@ -5,16 +5,23 @@ query gives the item's text tokens, the softmax taken over *all* keys (image and
 the heads, the item's tokens (per text segment, then over segments) and the captured blocks.
 
 The capturing processor wraps a block's own processor: the block's output is the wrapped processor's,
-untouched. For the capture rows (the conditional half) it recomputes the queries and keys the way the
-family's processor does (``query_keys``: projections, qk-norms, and Flux's rotary embedding) and gets
-the item block of the probabilities from one ``scaled_dot_product_attention`` whose values are the
-item weights: softmax(q·kᵀ/√d)·W is exactly Σ_keys p·W, without materialising the (queries × keys)
-matrix where a fused kernel serves.
+untouched. For the capture rows (the conditional half) it takes the queries and keys the block
+attends with, and gets the item block of the probabilities from one ``scaled_dot_product_attention``
+whose values are the item weights: softmax(q·kᵀ/√d)·W is exactly Σ_keys p·W, without materialising
+the (queries × keys) matrix where a fused kernel serves.
+
+Where a family's processor hands its final queries and keys to a module-level attention function
+(Flux: diffusers' ``dispatch_attention_fn``, after projections, qk-norms and the rotary embedding),
+the capture records them during the block's own call (``RecordedAttention``) instead of computing
+them again; otherwise, and if a processor does not make that call, it recomputes them the way the
+family's processor does (``query_keys``).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -135,33 +142,80 @@ def flux_query_keys(attn, hidden_states, encoder_hidden_states, text_length, ima
     return query.transpose(1, 2), key.transpose(1, 2), 0
 
 
+@dataclass(frozen=True)
+class RecordedAttention:
+    """The module-level attention function a family's processor calls with its final (B, S, heads, d)
+    queries and keys, text first (Flux: ``dispatch_attention_fn`` of diffusers' Flux module)."""
+
+    module: ModuleType
+    name: str
+
+    @contextmanager
+    def recording(self, seen: list):
+        """Within the block, every call of the function also appends its (query, key) to ``seen``."""
+        original = getattr(self.module, self.name)
+
+        def recorded(query, key, value, *args, **kwargs):
+            seen.append((query, key))
+            return original(query, key, value, *args, **kwargs)
+
+        setattr(self.module, self.name, recorded)
+        try:
+            yield
+        finally:
+            setattr(self.module, self.name, original)
+
+
+def flux_recorded_attention() -> RecordedAttention:
+    from diffusers.models.transformers import transformer_flux
+
+    return RecordedAttention(transformer_flux, "dispatch_attention_fn")
+
+
 class CapturingJointProcessor:
     """Wraps a joint-attention processor: same output, plus the capture rows' item maps to a store."""
 
-    def __init__(self, inner, store: JointAttentionStore, query_keys: Callable):
+    def __init__(self, inner, store: JointAttentionStore, query_keys: Callable,
+                 recorded: RecordedAttention | None = None):
         self.inner = inner
         self.store = store
         self.query_keys = query_keys
+        self.recorded = recorded
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
         rotary = {} if image_rotary_emb is None else {"image_rotary_emb": image_rotary_emb}
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
         store = self.store
-        if store.enabled:
-            rows = store.rows
+        if not store.enabled:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
+        if attention_mask is not None:
+            raise NotImplementedError("a joint attention with an attention mask: asyndm's masks read the unmasked "
+                                      "softmax; call the transformer without attention_mask")
+        seen: list = []
+        if self.recorded is not None:
+            with self.recorded.recording(seen):
+                out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
+        else:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
+        rows = store.rows
+        text_length = store.text_length if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        if len(seen) == 1:  # the block's own queries and keys: (B, text + image, heads, d)
+            query, key = seen[0]
+            query, keys, text_start = query[rows, text_length:].transpose(1, 2), key[rows].transpose(1, 2), 0
+        else:
             text = None if encoder_hidden_states is None else encoder_hidden_states[rows]
             query, keys, text_start = self.query_keys(attn, hidden_states[rows], text, store.text_length, **rotary)
-            store.add(item_probabilities(query, keys, store.weights, text_start))
+        store.add(item_probabilities(query, keys, store.weights, text_start))
         return out
 
 
 @contextmanager
-def capture_joint_attention(attention_layers: list, store: JointAttentionStore, query_keys: Callable):
+def capture_joint_attention(attention_layers: list, store: JointAttentionStore, query_keys: Callable,
+                            recorded: RecordedAttention | None = None):
     """Capturing processors on ``attention_layers``; every original processor restored on exit."""
     originals = [layer.processor for layer in attention_layers]
     for layer, processor in zip(attention_layers, originals):
-        layer.set_processor(CapturingJointProcessor(processor, store, query_keys))
+        layer.set_processor(CapturingJointProcessor(processor, store, query_keys, recorded))
     try:
         yield store
     finally:

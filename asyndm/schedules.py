@@ -29,7 +29,8 @@ class Schedule(Protocol):
         """(B, h, w) states of model call ``step``."""
 
     def next_state(self, step: int) -> torch.Tensor:
-        """(B, h, w) states the update of call ``step`` goes to (computed before the call, §6)."""
+        """(B, h, w) states the update of call ``step`` goes to (computed before the call, §6). The loop
+        announces them to the backend as call ``step + 1``'s, so ``state(step + 1)`` returns this tensor."""
 
     def observe(self, step: int, item_maps: torch.Tensor | None) -> None:
         """After call ``step``: its item maps (B, n_items, g_h*g_w) may update the masks."""

@@ -159,17 +159,20 @@ def _capture_case(backend, monkeypatch, block, single: bool):
         query, key = (x.transpose(1, 2) for x in seen[0])  # the model's own, (B, heads, text + image, d)
         probs = torch.softmax(query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5, dim=-1)
         expected = (probs[:, :, text_len:, :text_len] @ weights).mean(dim=1).transpose(1, 2)
-        store = JointAttentionStore(weights)
-        store.text_length = text_len
-        with capture_joint_attention([block.attn], store, flux_query_keys):
-            store.rows = slice(0, 2)
-            captured = call()
-            maps = store.item_maps()
-    torch.testing.assert_close(maps, expected[:2], rtol=1e-5, atol=1e-7)
-    as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
-    assert len(as_tuple(plain)) == (1 if single else 2)
-    for before, after in zip(as_tuple(plain), as_tuple(captured), strict=True):
-        assert torch.equal(before, after)
+        # the block's own queries and keys, recorded (the backend's way), and recomputed (the fallback)
+        for recorded in (backend.recorded_attention(), None):
+            store = JointAttentionStore(weights)
+            store.text_length = text_len
+            with capture_joint_attention([block.attn], store, flux_query_keys, recorded):
+                store.rows = slice(0, 2)
+                captured = call()
+                maps = store.item_maps()
+            torch.testing.assert_close(maps, expected[:2], rtol=1e-5, atol=1e-7)
+            as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+            assert len(as_tuple(plain)) == (1 if single else 2)
+            for before, after in zip(as_tuple(plain), as_tuple(captured), strict=True):
+                assert torch.equal(before, after)
+            assert flux_module.dispatch_attention_fn is dispatch  # the recording is undone
 
 
 def test_capture_in_a_double_stream_block_equals_a_hand_computed_softmax(tiny_flux_backend, monkeypatch):
@@ -190,7 +193,7 @@ def test_masks_read_t5_positions_and_single_stream_blocks_by_setting(tiny_flux_b
     assert masks[None].shape == (2, 16, 16) and (masks[None] >= 0).any() and (masks[None] < 0).any()
     assert not torch.equal(masks[None], masks[(3,)])
     with pytest.raises(ValueError, match="mask.blocks"):
-        sample(tiny_flux_backend, tokens, "asyndm", steps=2, mask_blocks=(4,))
+        sample(tiny_flux_backend, tokens, "asyndm", steps=2, mask_blocks=(6,))  # 2 double + 4 single: 0 … 5
 
 
 # ---------------------------------------------------------------------------- the done-when command

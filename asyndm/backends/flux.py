@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..flow import flux_timesteps
-from ..joint_attention import flux_query_keys
+from ..joint_attention import flux_query_keys, flux_recorded_attention
 from ..tokens import item_token_positions
 from .base import ItemTokens, Prediction, PromptConditioning, TextConditioning
 from .mmdit import FlowTransformerBackend, sentencepiece_positions
@@ -70,6 +70,11 @@ class FluxBackend(FlowTransformerBackend):
     query_keys = staticmethod(flux_query_keys)
     max_sequence_length = 512  # the pipeline's default T5 length
     patch = 2  # latents are packed in 2×2 patches
+
+    def recorded_attention(self):
+        """Captures read the queries and keys the block attends with (rotary embedding applied), not
+        computed a second time."""
+        return flux_recorded_attention()
 
     @classmethod
     def load_pipeline(cls, source: str, **kwargs):

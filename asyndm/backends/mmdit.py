@@ -34,11 +34,12 @@ TEXT_TIMESTEPS = ("min", "mean", "max")
 class JointItemAttention(ItemAttention):
     """Capturing processors on the attention of the chosen blocks; item maps on the token grid."""
 
-    def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int):
+    def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int,
+                 recorded=None):
         self.grid = grid
         self.store = JointAttentionStore(weights)
         self.store.text_length = text_length
-        self._capture = capture_joint_attention(layers, self.store, query_keys)
+        self._capture = capture_joint_attention(layers, self.store, query_keys, recorded)
 
 
 class FlowTransformerBackend(Backend):
@@ -46,6 +47,10 @@ class FlowTransformerBackend(Backend):
 
     #: the family's query/key recomputation for captures (asyndm/joint_attention.py), a staticmethod
     query_keys: staticmethod
+
+    def recorded_attention(self):
+        """Where captures read the block's own queries and keys (asyndm/joint_attention.py); None: recompute."""
+        return None
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype, text_timestep: str = "min"):
         check_scheduler(pipe.scheduler)
@@ -227,7 +232,7 @@ class FlowTransformerBackend(Backend):
             raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
         weights = self.item_weights(tokens).to(self.device)
         return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
-                                  self.text_length)
+                                  self.text_length, self.recorded_attention())
 
     # --------------------------------------------------------------- decoding
 

@@ -18,7 +18,7 @@ from .sd import clip_tokenizer
 from .sd3 import sd3_vae
 from .t5 import t5_tokenizer, tiny_t5_encoder
 
-TINY_FLUX_VERSION = "tiny-flux-v1"
+TINY_FLUX_VERSION = "tiny-flux-v2"  # v2: 2 + 4 blocks (FLUX.1's 1 : 2 ratio); v1 had 2 + 2
 
 
 def flux_dev_scheduler():
@@ -56,7 +56,8 @@ def _assemble(transformer, vae, clip, t5, t5_tok):
 
 
 def _tiny_flux_pipeline():
-    """2 double-stream + 2 single-stream blocks, dim 32 (2 heads of 16, rotary axes 4 + 6 + 6), guidance embedded."""
+    """2 double-stream + 4 single-stream blocks (FLUX.1-dev's 19 + 38 in the same ratio), dim 32 (2 heads of 16,
+    rotary axes 4 + 6 + 6), guidance embedded."""
     from diffusers import FluxTransformer2DModel
 
     t5_tok = t5_tokenizer()
@@ -66,7 +67,7 @@ def _tiny_flux_pipeline():
         patch_size=1,
         in_channels=64,  # 16 latent channels × the 2×2 packing
         num_layers=2,
-        num_single_layers=2,
+        num_single_layers=4,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=t5_dim,
