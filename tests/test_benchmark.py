@@ -64,3 +64,16 @@ def test_the_shaped_mmdit_architectures_build(monkeypatch):
     assert 2.2 < billions(sd35.transformer) < 2.3 and len(sd35.transformer.transformer_blocks) == 24
     assert 11.8 < billions(flux.transformer) < 12.0 and len(flux.transformer.single_transformer_blocks) == 38
     assert sd35.default_sample_size * sd35.vae_scale_factor == flux.default_sample_size * flux.vae_scale_factor == 1024
+
+
+def test_call_cost_splits_a_step_into_the_per_token_path_and_the_capture(capsys):
+    """scripts/call_cost.py on both MMDiT families: three timings per family and the JSON last line
+    (no timing asserted)."""
+    spec = importlib.util.spec_from_file_location("call_cost", SCRIPT.parent / "call_cost.py")
+    call_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(call_cost)
+    for model, side in (("tiny_sd3", "64"), ("tiny_flux", "128")):
+        summary = call_cost.main(["--model", model, "--device", "cpu", "--rounds", "1", "--batch-size", "1",
+                                  "--resolution", side])
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+        assert all(summary[f"{kind}_ms"] > 0 for kind in ("plain", "per_cell", "per_cell_and_capture"))
