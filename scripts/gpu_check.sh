@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session, prepared: versions, the CUDA tests, and the benchmark figures that
-# docs/performance.md records (issues 4, 12, 13). Run from the repository root on a CUDA machine:
+# docs/performance.md records. Run from the repository root on a CUDA machine:
 #
 #     scripts/gpu_check.sh [OUTDIR]        # default outputs/gpu_check; one log per part
 #
@@ -32,8 +32,11 @@ part tiny_fp32 "${bench[@]}" --model tiny --precision fp32 --batch-size 4 --step
 part tiny_fp16 "${bench[@]}" --model tiny --precision fp16 --batch-size 4 --steps 20 --repeats 5
 part sd21_fp16_channels_last "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 \
     --repeats 2 --channels-last
-# SD3.5 and FLUX.1 (issues 12, 13; docs/mmdit.md)
+# SD3.5 and FLUX.1 (docs/mmdit.md)
 part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py -p no:cacheprovider -rA
 part sd35m_bf16 "${bench[@]}" --model sd35m-shaped --precision bf16 --batch-size 4 --steps 28 --repeats 3 --profile
 part flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1 --steps 28 --repeats 3 --profile
+cost=("$py" scripts/call_cost.py --device cuda --precision bf16 --resolution 1024 --rounds 5)
+part sd35m_call_cost "${cost[@]}" --model sd35m-shaped --batch-size 4
+part flux_call_cost "${cost[@]}" --model flux-shaped --batch-size 1
 exit $status
