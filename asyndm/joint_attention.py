@@ -19,7 +19,7 @@ family's processor does (``query_keys``).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
@@ -192,10 +192,7 @@ class CapturingJointProcessor:
             raise NotImplementedError("a joint attention with an attention mask: asyndm's masks read the unmasked "
                                       "softmax; call the transformer without attention_mask")
         seen: list = []
-        if self.recorded is not None:
-            with self.recorded.recording(seen):
-                out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
-        else:
+        with self.recorded.recording(seen) if self.recorded is not None else nullcontext():
             out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **rotary, **kwargs)
         rows = store.rows
         text_length = store.text_length if encoder_hidden_states is None else encoder_hidden_states.shape[1]

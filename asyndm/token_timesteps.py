@@ -129,11 +129,6 @@ class DistinctTimesteps:
         return extended, TokenRows(sample_of_row, image_rows.view(rows, tokens))
 
 
-def distinct_rows(timesteps: torch.Tensor, text_timesteps: torch.Tensor) -> tuple[torch.Tensor, TokenRows]:
-    """``DistinctTimesteps(timesteps).rows(text_timesteps)``: a map used at once (its counts waited for)."""
-    return DistinctTimesteps(timesteps).rows(text_timesteps)
-
-
 class _Modulation:
     """One AdaLN's per-token modulation in one call: a (rows, chunks, D) table, gathered on demand."""
 
@@ -191,16 +186,13 @@ class _Broadcast:
     def __init__(self, vector: TokenVector):
         self.vector = vector
 
-    def _tokens(self) -> torch.Tensor:
-        return _gather(self.vector.column, self.vector.token_rows)
-
     def __radd__(self, other):
         if isinstance(other, (int, float)):  # 1 + scale: on the table's rows, then gathered
             return _gather(other + self.vector.column, self.vector.token_rows)
-        return other + self._tokens()
+        return other + self.vector.unsqueeze(1)
 
     def __rmul__(self, other):
-        return other * self._tokens()
+        return other * self.vector.unsqueeze(1)
 
     __add__, __mul__ = __radd__, __rmul__
 

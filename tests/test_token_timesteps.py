@@ -4,7 +4,7 @@ tokens), and a batched pass of several conditionings repeats the layout."""
 
 import torch
 
-from asyndm.token_timesteps import DistinctTimesteps, TokenRows, distinct_rows
+from asyndm.token_timesteps import DistinctTimesteps, TokenRows
 
 
 def one_row_per_token(distinct: DistinctTimesteps, text_timesteps: torch.Tensor, repeats: int = 1):
@@ -29,7 +29,7 @@ def _map(seed=0):
 def test_every_token_points_at_a_row_with_its_sample_and_timestep():
     timesteps = _map()
     text = torch.tensor([17.0, 300.25, 600.0])
-    extended, rows = distinct_rows(timesteps, text)
+    extended, rows = DistinctTimesteps(timesteps).rows(text)
     pairs = {(b, float(t)) for b in range(3) for t in timesteps[b].unique()}
     assert len(extended) == 3 + len(pairs)  # text rows, then each sample's distinct timesteps once
     assert torch.equal(extended[:3], text) and torch.equal(rows.sample_of_row[:3], torch.arange(3))

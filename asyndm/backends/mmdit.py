@@ -152,7 +152,10 @@ class FlowTransformerBackend(Backend):
     def announce(self, states: torch.Tensor) -> None:
         """Find the coming call's distinct timesteps now; their counts reach the host while the calls
         queued before it run (asyndm/token_timesteps.py)."""
-        self._announced.append((states, DistinctTimesteps(self.model_timesteps(states).flatten(1))))
+        self._announced.append((states, self._find_distinct(states)))
+
+    def _find_distinct(self, states: torch.Tensor) -> DistinctTimesteps:
+        return DistinctTimesteps(self.model_timesteps(states).flatten(1))
 
     def _distinct(self, states: torch.Tensor) -> DistinctTimesteps:
         """The announced map's distinct timesteps; for a map nobody announced, found now (and waited for)."""
@@ -160,7 +163,7 @@ class FlowTransformerBackend(Backend):
             if announced is states:
                 return distinct
         self.unannounced_calls += 1
-        return DistinctTimesteps(self.model_timesteps(states).flatten(1))
+        return self._find_distinct(states)
 
     def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
         tokens = states.shape[-2] * states.shape[-1]
