@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from evaluation.hps import METRIC, HpsTransform, HpsV2Score
 from evaluation.offline.tiny_hps import tiny_hps_checkpoint
+from tests.random_images import random_images
 
 torch.set_num_threads(1)
 TINY_CFG = {"checkpoint": "tiny", "arch": "tiny", "device": "cpu"}
@@ -22,14 +22,8 @@ def tiny(tiny_cache):
     return HpsV2Score(**TINY_CFG, batch_size=2)
 
 
-def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(48, 40), (40, 40), (30, 70), (64, 64), (100, 20)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes[:n]]
-
-
 def test_transform_resizes_the_longest_side_and_pads_with_zeros():
-    image = _images(3)[2]  # 30 x 70: longest side 70 -> 64, short side round(30 * 64 / 70) = 27
+    image = random_images(3)[2]  # 30 x 70: longest side 70 -> 64, short side round(30 * 64 / 70) = 27
     got = HpsTransform(64, MEAN, STD)(image)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
     resized = F.interpolate(pixels[None], size=(64, 27), mode="bicubic", antialias=True, align_corners=False)[0]
@@ -37,7 +31,7 @@ def test_transform_resizes_the_longest_side_and_pads_with_zeros():
     padded[:, :, 18:45] = resized  # (64 - 27) = 37 columns of padding: 18 left, 19 right
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     torch.testing.assert_close(got, (padded - mean) / std, atol=1e-5, rtol=0)
-    same_size = _images(4)[3]  # already 64 px: neither resized nor padded
+    same_size = random_images(4)[3]  # already 64 px: neither resized nor padded
     torch.testing.assert_close(HpsTransform(64, MEAN, STD)(same_size),
                                (torch.from_numpy(np.asarray(same_size, dtype=np.float32) / 255).permute(2, 0, 1)
                                 - mean) / std)
@@ -50,7 +44,7 @@ def test_score_is_the_cosine_of_the_checkpoint_model(tiny):
     model = open_clip.create_model(arch, pretrained=None)
     model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
     model.eval()
-    images = _images(2)
+    images = random_images(2)
     with torch.no_grad():
         a = model.encode_image(torch.stack([tiny.preprocess(im) for im in images])).double()
         b = model.encode_text(open_clip.tokenize(PROMPTS[:2])).double()
@@ -59,7 +53,7 @@ def test_score_is_the_cosine_of_the_checkpoint_model(tiny):
 
 
 def test_batch_size_does_not_change_scores(tiny):
-    images = _images(5)
+    images = random_images(5)
     one_batch = HpsV2Score(**TINY_CFG, batch_size=5).score(images, PROMPTS)[METRIC]
     np.testing.assert_allclose(tiny.score(images, PROMPTS)[METRIC], one_batch, atol=1e-5)
     assert all(-1 <= v <= 1 for v in one_batch) and len(set(np.round(one_batch, 6))) == 5

@@ -17,6 +17,7 @@ from evaluation.offline.tiny_image_reward import (TINY_VISION, TINY_VISION_HEADS
                                                   tiny_image_reward_dir)
 from evaluation.offline.fake_run import make_fake_run
 from evaluation.scoring import score_run
+from tests.random_images import SIZES, random_images
 
 torch.set_num_threads(1)
 TINY_CFG = {"checkpoint": "tiny", "tokenizer": "tiny", "vision_heads": TINY_VISION_HEADS, "device": "cpu"}
@@ -30,9 +31,7 @@ def tiny(tiny_cache):
 
 
 def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(48, 40), (40, 40), (30, 70), (64, 64), (33, 47)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes[:n]]
+    return random_images(n, seed, sizes=(*SIZES[:4], (33, 47)))
 
 
 def _reference_reward(state, med, heads, pixels, ids, mask):

@@ -5,10 +5,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from evaluation.offline.tiny_pickscore import tiny_pickscore_dir
 from evaluation.pickscore import METRIC, PickScore
+from tests.random_images import random_images
 
 torch.set_num_threads(1)
 TINY_CFG = {"model": "tiny", "processor": "tiny", "device": "cpu"}
@@ -21,19 +21,13 @@ def tiny(tiny_cache):
     return PickScore(**TINY_CFG, batch_size=2)
 
 
-def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = [(48, 40), (40, 40), (30, 70), (64, 64), (100, 20)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes[:n]]
-
-
 def test_score_is_clip_models_own_logits_per_image(tiny):
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     folder = tiny_pickscore_dir()
     model = CLIPModel.from_pretrained(folder).eval()
-    images, prompts = _images(3), PROMPTS[:3]
+    images, prompts = random_images(3), PROMPTS[:3]
     # PickScore's processor is transformers 4's PIL one; the torchvision backend moves scores by ~5e-3.
     pixels = CLIPImageProcessorPil.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
     text = CLIPTokenizer.from_pretrained(folder)(prompts, padding=True, return_tensors="pt")
@@ -45,7 +39,7 @@ def test_score_is_clip_models_own_logits_per_image(tiny):
 
 
 def test_batching_and_padding_do_not_change_scores(tiny):
-    images = _images(5)
+    images = random_images(5)
     one_by_one = [PickScore(**TINY_CFG, batch_size=1).score([im], [p])[METRIC][0] for im, p in zip(images, PROMPTS)]
     np.testing.assert_allclose(tiny.score(images, PROMPTS)[METRIC], one_by_one, atol=1e-4)
     assert len(set(np.round(one_by_one, 4))) == 5
