@@ -24,9 +24,8 @@ import torch
 
 from ..flow import flux_timesteps
 from ..joint_attention import flux_query_keys, flux_recorded_attention
-from ..tokens import item_token_positions
 from .base import ItemTokens, Prediction, PromptConditioning, TextConditioning
-from .mmdit import FlowTransformerBackend, sentencepiece_positions
+from .mmdit import FlowTransformerBackend
 from .sd3 import middle_blocks
 
 
@@ -102,18 +101,11 @@ class FluxBackend(FlowTransformerBackend):
 
         return PromptConditioning(encode_one(prompt), encode_one(negative_prompt) if guided else None)
 
-    @classmethod
-    def item_resolver(cls, source: str):
-        from ..models import load_t5_tokenizer, load_tokenizer
+    t5_tokenizer_name = "tokenizer_2"
 
-        clip = load_tokenizer(source)
-        t5 = load_t5_tokenizer(source, "tokenizer_2")
-        return lambda prompt, items, legacy, mode: _resolve(clip, t5, prompt, items, legacy, mode,
-                                                              cls.max_sequence_length)
-
-    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
-        return _resolve(self.pipe.tokenizer, self.pipe.tokenizer_2, prompt, items, legacy_item_idx, mode,
-                        self.max_sequence_length)
+    @property
+    def t5_tokenizer(self):
+        return self.pipe.tokenizer_2
 
     @property
     def text_segments(self) -> dict[str, tuple[int, int]]:
@@ -176,9 +168,3 @@ class FluxBackend(FlowTransformerBackend):
     def default_mask_blocks(self) -> list[int]:
         return middle_blocks(len(self.transformer.transformer_blocks))
 
-
-def _resolve(clip, t5, prompt, items, legacy, mode, max_length) -> ItemTokens:
-    """CLIP positions (``positions``: the initial mask's item order) and the T5 ones the attention sees."""
-    positions = item_token_positions(clip, prompt, items, legacy, mode)
-    extra = sentencepiece_positions(t5, prompt, items, max_length, clip, positions, mode)
-    return ItemTokens(positions, {"t5": extra})

@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
+from ..tokens import item_token_positions
 from .base import Backend, ItemAttention, ItemTokens, Prediction, TextConditioning, Timeline
 
 TEXT_TIMESTEPS = ("min", "mean", "max")
@@ -218,6 +219,26 @@ class FlowTransformerBackend(Backend):
                 weights[[start + p for p in positions], item] += 1.0 / (len(found) * len(positions))
         return weights
 
+    #: the pipeline component that holds its T5 tokenizer (SD3: ``tokenizer_3``, Flux: ``tokenizer_2``)
+    t5_tokenizer_name: str
+
+    @property
+    @abstractmethod
+    def t5_tokenizer(self):
+        """The pipeline's T5 tokenizer, None where T5 is not used."""
+
+    @classmethod
+    def item_resolver(cls, source: str):
+        from ..models import load_t5_tokenizer, load_tokenizer
+
+        clip, t5 = load_tokenizer(source), load_t5_tokenizer(source, cls.t5_tokenizer_name)
+        return lambda prompt, items, legacy, mode: resolve_items(clip, t5, prompt, items, legacy, mode,
+                                                                 cls.max_sequence_length)
+
+    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
+        return resolve_items(self.pipe.tokenizer, self.t5_tokenizer, prompt, items, legacy_item_idx, mode,
+                             self.max_sequence_length)
+
     @abstractmethod
     def _segment_positions(self, tokens: ItemTokens) -> list[tuple[str, list[list[int]]]]:
         """(segment name, positions per item) for every text segment the joint attention sees."""
@@ -248,6 +269,15 @@ class FlowTransformerBackend(Backend):
 
 
 # ------------------------------------------------------------------ item words in T5
+
+
+def resolve_items(clip, t5, prompt, items, legacy, mode, max_length) -> ItemTokens:
+    """CLIP positions (``positions``: the initial mask's item order), and the T5 ones the joint
+    attention sees in ``extra['t5']`` where T5 is used."""
+    positions = item_token_positions(clip, prompt, items, legacy, mode)
+    if t5 is None:
+        return ItemTokens(positions)
+    return ItemTokens(positions, {"t5": sentencepiece_positions(t5, prompt, items, max_length, clip, positions, mode)})
 
 
 def sentencepiece_positions(tokenizer, prompt: str, items: list[str], max_length: int, clip_tokenizer=None,

@@ -12,9 +12,8 @@ import numpy as np
 
 from ..flow import scheduler_timesteps
 from ..joint_attention import sd3_query_keys
-from ..tokens import item_token_positions
 from .base import ItemTokens, PromptConditioning, TextConditioning
-from .mmdit import FlowTransformerBackend, sentencepiece_positions
+from .mmdit import FlowTransformerBackend
 
 
 def middle_blocks(count: int, share: int = 6) -> list[int]:
@@ -65,18 +64,11 @@ class StableDiffusion3Backend(FlowTransformerBackend):
     def _uses_t5(self) -> bool:
         return self.pipe.text_encoder_3 is not None and self.pipe.tokenizer_3 is not None
 
-    @classmethod
-    def item_resolver(cls, source: str):
-        from ..models import load_tokenizer, load_t5_tokenizer
+    t5_tokenizer_name = "tokenizer_3"
 
-        clip = load_tokenizer(source)
-        t5 = load_t5_tokenizer(source, "tokenizer_3")
-        return lambda prompt, items, legacy, mode: _resolve(clip, t5, prompt, items, legacy, mode,
-                                                              cls.max_sequence_length)
-
-    def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
-        t5 = self.pipe.tokenizer_3 if self._uses_t5 else None
-        return _resolve(self.pipe.tokenizer, t5, prompt, items, legacy_item_idx, mode, self.max_sequence_length)
+    @property
+    def t5_tokenizer(self):
+        return self.pipe.tokenizer_3 if self._uses_t5 else None
 
     @property
     def text_segments(self) -> dict[str, tuple[int, int]]:
@@ -111,11 +103,3 @@ class StableDiffusion3Backend(FlowTransformerBackend):
     def default_mask_blocks(self) -> list[int]:
         return middle_blocks(len(self.transformer.transformer_blocks))
 
-
-def _resolve(clip, t5, prompt, items, legacy, mode, max_length) -> ItemTokens:
-    """CLIP positions (the first text encoder's), and T5's in ``extra['t5']`` where T5 is used."""
-    positions = item_token_positions(clip, prompt, items, legacy, mode)
-    if t5 is None:
-        return ItemTokens(positions)
-    extra = sentencepiece_positions(t5, prompt, items, max_length, clip, positions, mode)
-    return ItemTokens(positions, {"t5": extra})
