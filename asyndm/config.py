@@ -23,9 +23,15 @@ UNHASHED_SAMPLE_KEYS = ("batch_size",)
 # Keys added after run folders existed: left out of the hash while they hold these defaults, so the
 # folders of earlier runs keep their names (and resume).
 LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None}}
-# The sampler's semantics, part of every run's identity: 2 = the reference's mask timing and curve
-# numerics (METHOD.md §3, §6). Folders sampled by an earlier version are refused, not resumed into.
-SAMPLER_SEMANTICS = 2
+# The sampler's semantics, part of every run's identity (``sampler_semantics``); a folder sampled
+# under another one is refused, not resumed into. Each version says what changed the images:
+SEMANTICS_CHANGES = {
+    2: "its dynamic masks acted one call early and its curves were not the reference's",
+    3: "SDXL, SD3 and Flux now step in the scheduler's own arithmetic (fp16/bf16), their linear curve is the "
+       "scheduler's grid at every step count, σ never exceeds 1, and the MMDiT text stream sees the scheduler's "
+       "own timestep; SD 1.x/2.x changed only under curve.semantics=refit",
+}
+SAMPLER_SEMANTICS = max(SEMANTICS_CHANGES)
 # The paper's variants, and the baselines experiment presets add with baselines=true (paper.yaml).
 PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
 PAPER_BASELINES = ("zsampling", "seg", "scfg", "cfgpp", "attend_excite")
@@ -81,9 +87,20 @@ def config_hash(cfg: DictConfig) -> str:
     changed = changed_variant_options(cfg)
     if changed:  # options at their defaults stay out: adding a baseline resumes the same folder
         subset["variant"] = changed
-    subset["sampler_semantics"] = SAMPLER_SEMANTICS
+    subset["sampler_semantics"] = sampler_semantics(cfg)
     text = json.dumps(subset, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def sampler_semantics(cfg: DictConfig) -> int:
+    """The sampler semantics whose images this run's settings get: the newest, except SD 1.x/2.x under
+    ``curve.semantics=reference``, whose images version 3 left unchanged (they keep 2, so their folders
+    resume). A model whose family cannot be read yet counts as changed."""
+    from .models import model_family
+
+    if cfg.curve.get("semantics", "reference") == "reference" and model_family(cfg.model) == "sd":
+        return 2
+    return SAMPLER_SEMANTICS
 
 
 def device_type(cfg: DictConfig) -> str:

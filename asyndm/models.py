@@ -136,6 +136,20 @@ def backend_class(source: str):
     return backend_for_pipeline(model_index(source).get("_class_name", ""), source)
 
 
+def model_family(model_cfg) -> str | None:
+    """The configured model's family (``sd``, ``sdxl``, ``sd3``, ``flux``) from its ``model_index.json``,
+    without building or loading weights; None where it cannot be read (an unknown or missing model)."""
+    from .offline import FAMILIES
+
+    builder, path = model_cfg.get("builder"), model_cfg.get("path")
+    try:
+        if builder and not path:
+            return FAMILIES.get(builder) or backend_class(built_in_source(builder)).family
+        return backend_class(check_source(str(path))).family if path else None
+    except ModelError:
+        return None
+
+
 def load_tokenizer(source: str, subfolder: str = "tokenizer"):
     """The pipeline's (first) tokenizer alone: cheap, so prompts are checked before the weights load."""
     from transformers import CLIPTokenizer

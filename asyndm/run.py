@@ -47,17 +47,19 @@ from .variants import oracle_variants, ordered
 log = logging.getLogger(__name__)
 
 
-def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str) -> None:
-    """A folder may only be resumed by a run with the same image-deciding settings."""
+def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semantics: int) -> None:
+    """A folder may only be resumed by a run with the same image-deciding settings and sampler semantics."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
         saved_cfg = OmegaConf.load(saved)
         previous = saved_cfg.get("config_hash")
-        if previous is not None and saved_cfg.get("sampler_semantics", 1) != config_mod.SAMPLER_SEMANTICS:
+        old = saved_cfg.get("sampler_semantics", 1)
+        if previous is not None and old != semantics:
+            changes = "; ".join(config_mod.SEMANTICS_CHANGES[v] for v in sorted(config_mod.SEMANTICS_CHANGES)
+                                if old < v <= semantics)
             raise ConfigError(
-                f"run folder {run_dir} was sampled by an earlier asyndm whose asyndm images differ from this "
-                f"version's (its dynamic masks acted one call early and its curves were not the reference's); "
-                f"resuming would mix the two: use another run_dir=... or remove the folder"
+                f"run folder {run_dir} was sampled by an earlier asyndm whose images differ from this version's "
+                f"({changes}); resuming would mix the two: use another run_dir=... or remove the folder"
             )
         if previous is not None and previous != cfg_hash and saved_cfg.get("generator_device") not in (
             None, generator_device
@@ -104,7 +106,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     source = model_source(cfg.model)
     cfg_hash = config_mod.config_hash(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg))
+    semantics = config_mod.sampler_semantics(cfg)
+    check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg), semantics)
 
     # Everything that can fail without weights fails here: the family, then every prompt's items.
     backend_cls = backend_class(source)
@@ -128,7 +131,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     manifest_path = run_dir / manifest_name(cfg.shard.index, cfg.shard.count)
     device = resolve_device(cfg.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.update(config_hash=cfg_hash, sampler_semantics=config_mod.SAMPLER_SEMANTICS,
+    resolved.update(config_hash=cfg_hash, sampler_semantics=semantics,
                     resolved_device=str(device), generator_device=config_mod.generator_device(cfg),
                     model_source=source)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())

@@ -131,3 +131,35 @@ def test_resuming_with_noise_from_another_device_is_refused(main_in_process, tmp
     code, out, err = main_in_process("model=tiny", "prompts.limit=1", "device=cpu", f"run_dir={run_dir}")
     assert code == 2
     assert "drew its noise on cuda" in err and "sample.generator_device=cuda" in err
+
+
+@pytest.mark.parametrize("overrides,semantics", [
+    ([], 2), (["model=tiny"], 2), (["model=tiny", "curve.semantics=refit"], 3),
+    (["model=tiny_sdxl"], 3), (["model=tiny_sd3"], 3), (["model=tiny_flux"], 3),
+    (["model=local", "model.path=/nowhere"], 3),
+])
+def test_the_sampler_semantics_changed_only_where_the_images_did(overrides, semantics):
+    """Version 3 (METHOD.md §9's step arithmetic, timeline, σ ≤ 1, text stream) changed every family's
+    images but SD 1.x/2.x under the reference semantics; a model whose family cannot be read counts as changed."""
+    from asyndm.config import sampler_semantics
+
+    assert sampler_semantics(composed(*overrides)) == semantics
+
+
+def test_sd_run_folders_keep_their_names_and_sdxl_ones_do_not():
+    """The hashes before version 3 (computed with the previous release): SD runs resume their folders."""
+    assert config_hash(composed()) == "2ca8afd7a5"  # the toy world, the default run
+    assert config_hash(composed("model=tiny", "prompts=animal")) == "d2ccfa94fc"
+    assert config_hash(composed("model=tiny_sdxl", "prompts=animal")) != "19093f14d4"
+
+
+def test_resuming_a_folder_sampled_before_the_family_numerics_is_refused_naming_what_changed(main_in_process, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = {"config_hash": "0123456789", "sampler_semantics": 2, "generator_device": "cpu"}
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    before = (run_dir / "config.yaml").read_bytes()
+    code, out, err = main_in_process("model=tiny_sdxl", "prompts.limit=1", "device=cpu", f"run_dir={run_dir}")
+    assert code == 2
+    assert "sampled by an earlier asyndm" in err and "scheduler's own arithmetic" in err
+    assert (run_dir / "config.yaml").read_bytes() == before

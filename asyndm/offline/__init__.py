@@ -21,3 +21,5 @@ BUILDERS: dict[str, Callable[[], Path]] = {
     "tiny_sd3": build_tiny_sd3,
     "tiny_flux": build_tiny_flux,
 }
+# Each built-in model's family (its pipeline class), known before it is built.
+FAMILIES: dict[str, str] = {"tiny": "sd", "tiny_sdxl": "sdxl", "tiny_sd3": "sd3", "tiny_flux": "flux"}
