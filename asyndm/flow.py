@@ -3,8 +3,10 @@
 Pure functions of tensors and the scheduler's config (METHOD.md §9). Curve states live in the
 scheduler's *unshifted* timestep space τ (SD3: the linspace ``set_timesteps`` builds before it shifts,
 1000 … 2.994 for shift 3; Flux: the sigmas its pipeline passes, × 1000). A state s is seen by the
-model as σ(s)·num_train_timesteps with σ(s) = shift(s / num_train_timesteps), unrounded, and moves
-the latents by the element-wise Euler step x' = x + (σ(s') - σ(s))·v.
+model as σ(s)·num_train_timesteps with σ(s) = shift(min(s, τ₀) / num_train_timesteps), unrounded, and
+moves the latents by the element-wise Euler step x' = x + (σ(s') - σ(s))·v in the scheduler's
+arithmetic. σ never exceeds σ(τ₀) = 1: a state above τ₀ (concave tokens start at Y + o > τ₀) is pure
+noise and is seen as such.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class FlowShift:
 
     ``precision``: the dtype the scheduler shifts in. It shifts float64 numpy sigmas when it builds them
     itself (SD3) and float32 ones when a pipeline passes sigmas (Flux); shifting in the same precision
-    gives the scheduler's sigmas bit for bit.
+    gives the scheduler's sigmas bit for bit. ``ceiling``: τ₀, the scheduler's first timestep (the
+    same for every N); states above it are seen as τ₀, so σ ≤ σ(τ₀) = 1 (METHOD.md §9).
     """
 
     num_train_timesteps: float
@@ -56,11 +59,14 @@ class FlowShift:
     base_shift: float = 0.5
     max_shift: float = 1.15
     precision: torch.dtype = torch.float64
+    ceiling: float = float("inf")
 
     @classmethod
-    def from_scheduler(cls, scheduler, precision: torch.dtype = torch.float64) -> "FlowShift":
+    def from_scheduler(cls, scheduler, precision: torch.dtype = torch.float64,
+                       ceiling: float = float("inf")) -> "FlowShift":
         config = scheduler.config
         return cls(
+            ceiling=ceiling,
             num_train_timesteps=float(config.num_train_timesteps),
             shift=float(config.get("shift", 1.0)),
             dynamic=bool(config.get("use_dynamic_shifting", False)),
@@ -78,8 +84,8 @@ class FlowShift:
         return tokens * slope + (self.base_shift - slope * self.base_seq_len)
 
     def sigmas(self, states: torch.Tensor, tokens: int) -> torch.Tensor:
-        """float32 σ of each state, shifted in ``precision`` as the scheduler shifts; 0 at 0."""
-        t = (states.double().clamp(min=0) / self.num_train_timesteps).to(self.precision)
+        """float32 σ of each state, shifted in ``precision`` as the scheduler shifts; 0 at 0, 1 above τ₀."""
+        t = (states.double().clamp(min=0, max=self.ceiling) / self.num_train_timesteps).to(self.precision)
         if not self.dynamic:
             sigma = self.shift * t / (1 + (self.shift - 1) * t)
         else:
@@ -114,25 +120,14 @@ def flux_timesteps(scheduler, num_steps: int) -> np.ndarray:
 
 
 def flow_timeline(unshifted: np.ndarray, device):
-    """§9's Timeline from the scheduler's N unshifted timesteps τ₀ > … > τ_{N-1}.
+    """§9's Timeline from the scheduler's N unshifted timesteps τ₀ > … > τ_{N-1}, then 0 (``Timeline.through``).
 
-    o = τ_{N-1} and Y = (τ₀ - τ_{N-1})·N/(N-1), so that the linear curve from Y + o passes through
-    every τᵢ and then 0. ``sync_states`` keep τ in float64 (SD3's scheduler computes them so).
+    ``sync_states`` keep τ in float64 (SD3's scheduler computes them so).
     """
     from .backends.base import Timeline  # here: the backends import this module
 
     tau = torch.as_tensor(np.asarray(unshifted, dtype=np.float64), device=device)
-    steps = len(tau)
-    if steps < 2:
-        raise ValueError(f"{steps} sampling step: asyndm's curves need at least 2 (sample.steps)")
-    offset = float(tau[-1])
-    span = (float(tau[0]) - offset) * steps / (steps - 1)
-    return Timeline(
-        num_train_timesteps=span,
-        offset=offset,
-        sync_states=tau,
-        sync_next=torch.cat([tau[1:], tau.new_zeros(1)]),
-    )
+    return Timeline.through(tau, torch.cat([tau[1:], tau.new_zeros(1)]))
 
 
 def token_map(values: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -145,9 +140,12 @@ def token_map(values: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def euler_step(output: torch.Tensor, latents: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor):
-    """x' = x + (σ' - σ)·v per token (§9), in float32 as FlowMatchEulerDiscreteScheduler.step.
+    """x' = x + (σ' - σ)·v per token (§9), in FlowMatchEulerDiscreteScheduler.step's arithmetic.
 
-    ``sigma``, ``sigma_next``: (B, h, w) on the token grid; with a constant map this is the scheduler's step.
+    The scheduler multiplies v by a 0-dim float32 dt, which is cast to v's dtype first and keeps the
+    product there, then adds it to the float32 latents and casts the sum back: the per-token dt is
+    cast the same way, so a constant map gives the scheduler's step bit for bit in every precision.
+    ``sigma``, ``sigma_next``: float32 (B, h, w) on the token grid.
     """
-    delta = token_map(sigma_next - sigma, latents)
-    return (latents.float() + delta * output).to(output.dtype)
+    delta = token_map(sigma_next - sigma, latents)  # (B, 1, H, W) float32
+    return (latents.float() + delta.to(output.dtype) * output).to(output.dtype)

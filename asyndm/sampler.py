@@ -77,7 +77,6 @@ def denoise(
     tokens: ItemTokens | None = None,
 ) -> torch.Tensor:
     """One variant's loop over ``num_steps`` model calls; returns the final latents."""
-    model = partial(backend.predict, uniform=schedule.uniform, attention=attention)
     if not schedule.uniform:
         backend.announce(schedule.state(0))
     for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
@@ -86,6 +85,8 @@ def denoise(
         if not schedule.uniform and step + 1 < num_steps:
             backend.announce(next_states)  # the next call's states, before this call is queued
         context = StepContext(step, num_steps, next_states, eta, generators, backend, tokens)
+        model = partial(backend.predict, uniform=schedule.uniform, attention=attention,
+                        sync_state=schedule.sync_state(step))  # τ_step: the text stream's (§9)
         prediction = guidance(model, latents, states, cond, context)
         start = latents if prediction.sample is None else prediction.sample  # a rule may move them first
         latents = backend.step(prediction, start, states, next_states, eta, generators)
@@ -127,22 +128,24 @@ class AsyncSampler:
     def _schedule(self, kind: str, latents, tokens: ItemTokens, item_k: list[float], masks,
                   attention: ItemAttention | None) -> Schedule:
         backend, s = self.backend, self.settings
-        timeline = backend.timeline(s.steps)
+        timeline = backend.timeline(s.steps, s.curve_semantics)
         map_shape = (len(latents), *backend.map_shape(latents))
         if kind == "sync":
             return SynchronousSchedule(timeline, map_shape)
         curves = Curves(s.curve, s.steps, timeline.num_train_timesteps, timeline.offset, s.curve_semantics)
         if kind == "concave":
-            return CurveSchedule(curves, map_shape, backend.device, item_k, background_k=max(item_k))
+            return CurveSchedule(curves, timeline, map_shape, backend.device, item_k, background_k=max(item_k))
         if masks is not None:  # static masks, or masks given by the caller
             if tuple(masks.shape) != map_shape:
                 raise ValueError(f"masks of shape {tuple(masks.shape)} do not match the timestep grid {map_shape}")
-            return CurveSchedule(curves, map_shape, backend.device, item_k, assignment=masks.to(backend.device))
+            return CurveSchedule(curves, timeline, map_shape, backend.device, item_k,
+                                 assignment=masks.to(backend.device))
         k_items = torch.tensor(item_k, dtype=torch.float32, device=backend.device)  # once, not per step
         update = partial(masks_from_attention, item_k=k_items, threshold=s.mask_threshold, grid=attention.grid,
                          latent=map_shape[1:])
         initial = torch.full(map_shape, tokens.last_item, dtype=torch.long, device=backend.device)
-        return CurveSchedule(curves, map_shape, backend.device, item_k, assignment=initial, update_masks=update)
+        return CurveSchedule(curves, timeline, map_shape, backend.device, item_k, assignment=initial,
+                             update_masks=update)
 
     def sample_variant(
         self,

@@ -28,6 +28,10 @@ class Schedule(Protocol):
     def state(self, step: int) -> torch.Tensor:
         """(B, h, w) states of model call ``step``."""
 
+    def sync_state(self, step: int) -> torch.Tensor:
+        """τ_step, the scheduler's own timestep at call ``step`` (dm's state, the linear curve's): what
+        a stream with one timestep per sample sees (the MMDiT text stream, METHOD.md §9)."""
+
     def next_state(self, step: int) -> torch.Tensor:
         """(B, h, w) states the update of call ``step`` goes to (computed before the call, §6). The loop
         announces them to the backend as call ``step + 1``'s, so ``state(step + 1)`` returns this tensor."""
@@ -50,6 +54,9 @@ class SynchronousSchedule:
     def state(self, step: int) -> torch.Tensor:
         return self.timeline.sync_states[step].expand(self.map_shape)
 
+    def sync_state(self, step: int) -> torch.Tensor:
+        return self.timeline.sync_states[step]
+
     def next_state(self, step: int) -> torch.Tensor:
         return self.timeline.sync_next[step].expand(self.map_shape)
 
@@ -61,12 +68,14 @@ class CurveSchedule:
     """Cells on curves: item j's concave curve where the mask says j, the linear one elsewhere (§3).
 
     ``assignment`` None puts every cell on ``background_k``'s curve (``dm_concave``: the largest k).
-    ``update_masks`` (dynamic masks) turns a call's item maps into the next assignment.
+    ``update_masks`` (dynamic masks) turns a call's item maps into the next assignment. ``timeline``:
+    the scheduler's own timesteps, whose τᵢ ``sync_state`` gives.
     """
 
     def __init__(
         self,
         curves: Curves,
+        timeline: Timeline,
         map_shape: tuple[int, int, int],
         device,
         item_k: list[float],
@@ -75,6 +84,7 @@ class CurveSchedule:
         update_masks: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.curves = curves
+        self.timeline = timeline
         self.item_k = [float(k) for k in item_k]
         self.assignment = assignment
         self.background_k = float(background_k)
@@ -92,6 +102,9 @@ class CurveSchedule:
 
     def state(self, step: int) -> torch.Tensor:
         return self._state
+
+    def sync_state(self, step: int) -> torch.Tensor:
+        return self.timeline.sync_states[step]
 
     def next_state(self, step: int) -> torch.Tensor:
         self._next = self._transition(self._state, self.curves.num_steps - step - 1)

@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
     def step(uniform: bool, attention=None):
         if not uniform:
             backend.announce(states)  # as the loop does, one call ahead
-        rule(partial(backend.predict, uniform=uniform, attention=attention), latents, states, cond)
+        rule(partial(backend.predict, uniform=uniform, attention=attention, sync_state=timeline.sync_states[0]),
+             latents, states, cond)
         if attention is not None:
             attention.take()
 

@@ -88,7 +88,7 @@ def test_a_constant_map_equals_the_scalar_transformer_call(tiny_flux_backend):
     """Double- and single-stream blocks (whose text tokens gather the text stream's row) and the final norm."""
     latents, text = _inputs(tiny_flux_backend, 0)
     states = torch.full((2, 16, 16), 587.5)
-    per_token = tiny_flux_backend.predict(latents, states, text, uniform=False)
+    per_token = tiny_flux_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(587.5))
     scalar = tiny_flux_backend.predict(latents, states, text, uniform=True)
     torch.testing.assert_close(per_token, scalar, rtol=1e-5, atol=1e-6)
 
@@ -97,11 +97,12 @@ def test_embedding_distinct_timesteps_equals_one_row_per_token(tiny_flux_backend
     latents, text = _inputs(tiny_flux_backend, 1)
     generator = torch.Generator().manual_seed(2)
     states = torch.tensor([990.0, 640.25, 300.0])[torch.randint(0, 3, (2, 16, 16), generator=generator)]
-    fast = tiny_flux_backend.predict(latents, states, text, uniform=False)
+    fast = tiny_flux_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(300.0))
 
 
     monkeypatch.setattr(DistinctTimesteps, "rows", one_row_per_token)
-    torch.testing.assert_close(fast, tiny_flux_backend.predict(latents, states, text, uniform=False),
+    torch.testing.assert_close(fast, tiny_flux_backend.predict(latents, states, text, uniform=False,
+                                                               sync_state=torch.tensor(300.0)),
                                rtol=1e-5, atol=1e-6)
 
 

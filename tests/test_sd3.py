@@ -79,7 +79,7 @@ def _latents_and_text(backend, rows=2, seed=0):
 def test_a_constant_map_equals_the_scalar_transformer_call(tiny_sd3_backend):
     latents, text = _latents_and_text(tiny_sd3_backend)
     states = torch.full((2, 16, 16), 613.25)
-    per_token = tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    per_token = tiny_sd3_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(613.25))
     scalar = tiny_sd3_backend.predict(latents, states, text, uniform=True)
     torch.testing.assert_close(per_token, scalar, rtol=1e-5, atol=1e-6)
     assert not torch.equal(scalar, tiny_sd3_backend.predict(latents, states - 200, text, uniform=True))
@@ -88,7 +88,11 @@ def test_a_constant_map_equals_the_scalar_transformer_call(tiny_sd3_backend):
 def test_a_map_constant_per_image_equals_diffusers_per_sample_timesteps(tiny_sd3_backend):
     latents, text = _latents_and_text(tiny_sd3_backend, seed=1)
     states = torch.stack([torch.full((16, 16), 900.0), torch.full((16, 16), 250.5)])
-    ours = tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    tiny_sd3_backend.text_timestep = "mean"  # each sample's own timestep, as diffusers' per-sample call
+    try:
+        ours = tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    finally:
+        tiny_sd3_backend.text_timestep = "linear"
     timesteps = tiny_sd3_backend.model_timesteps(states)[:, 0, 0]
     reference = tiny_sd3_backend.transformer(hidden_states=latents, timestep=timesteps, return_dict=False,
                                              **text.tensors)[0]
@@ -100,25 +104,28 @@ def test_embedding_distinct_timesteps_equals_one_row_per_token(tiny_sd3_backend,
     latents, text = _latents_and_text(tiny_sd3_backend, seed=2)
     generator = torch.Generator().manual_seed(3)
     states = torch.tensor([980.0, 700.5, 410.0, 55.0])[torch.randint(0, 4, (2, 16, 16), generator=generator)]
-    fast = tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    fast = tiny_sd3_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(55.0))
 
 
     monkeypatch.setattr(DistinctTimesteps, "rows", one_row_per_token)
-    full = tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    full = tiny_sd3_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(55.0))
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
     # and the per-token timesteps matter: the same call with one timestep differs
     assert (fast - tiny_sd3_backend.predict(latents, states.mean().expand_as(states), text, uniform=True)).abs().max() > 1e-3
 
 
-def test_the_text_stream_sees_the_samples_smallest_state_by_default(tiny_sd3_backend):
-    states = torch.full((1, 4, 4), 700.0)
-    states[0, :2] = 400.0
-    assert tiny_sd3_backend._text_states(states).tolist() == [400.0]
-    tiny_sd3_backend.text_timestep = "mean"
-    try:
-        assert tiny_sd3_backend._text_states(states).tolist() == [550.0]
-    finally:
-        tiny_sd3_backend.text_timestep = "min"
+def test_the_text_stream_sees_the_calls_own_timestep_by_default_and_a_statistic_by_setting(tiny_sd3_backend):
+    states = torch.full((2, 4, 4), 700.0)
+    states[:, :2] = 400.0
+    assert tiny_sd3_backend._text_states(states, torch.tensor(350.5)).tolist() == [350.5, 350.5]
+    with pytest.raises(ValueError, match="sync_state"):
+        tiny_sd3_backend._text_states(states, None)
+    for setting, expected in (("min", 400.0), ("mean", 550.0), ("max", 700.0)):
+        tiny_sd3_backend.text_timestep = setting
+        try:
+            assert tiny_sd3_backend._text_states(states, torch.tensor(350.5)).tolist() == [expected, expected]
+        finally:
+            tiny_sd3_backend.text_timestep = "linear"
 
 
 def test_the_loop_names_every_per_token_call_ahead_and_an_unnamed_call_gives_the_same_output(tiny_sd3_backend, tokens):
@@ -142,9 +149,9 @@ def test_the_loop_names_every_per_token_call_ahead_and_an_unnamed_call_gives_the
     states = seen[2]  # a map with several distinct timesteps per sample
     assert states.flatten(1).unique(dim=1).shape[1] > 1
     backend.announce(states)
-    announced = backend.predict(latents, states, text, uniform=False)
+    announced = backend.predict(latents, states, text, uniform=False, sync_state=states.min())
     assert backend.unannounced_calls == before
-    unnamed = backend.predict(latents, states.clone(), text, uniform=False)
+    unnamed = backend.predict(latents, states.clone(), text, uniform=False, sync_state=states.min())
     assert backend.unannounced_calls == before + 1
     assert torch.equal(announced, unnamed)
 
@@ -154,7 +161,7 @@ def test_the_model_is_restored_after_a_per_token_call(tiny_sd3_backend):
     latents, text = _latents_and_text(tiny_sd3_backend, seed=4)
     states = torch.full((2, 16, 16), 500.0)
     states[:, :8] = 800.0
-    tiny_sd3_backend.predict(latents, states, text, uniform=False)
+    tiny_sd3_backend.predict(latents, states, text, uniform=False, sync_state=torch.tensor(500.0))
     modules = [m for m in transformer.modules() if "forward" in vars(m) or m._forward_hooks]
     assert modules == []
 

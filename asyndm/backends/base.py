@@ -92,6 +92,18 @@ class Timeline:
     sync_states: torch.Tensor  # (N,)
     sync_next: torch.Tensor  # (N,)
 
+    @classmethod
+    def through(cls, sync_states: torch.Tensor, sync_next: torch.Tensor) -> "Timeline":
+        """§9's curves for the scheduler's own timesteps τ₀ > … > τ_{N-1}: o = τ_{N-1} and
+        Y = (τ₀ - τ_{N-1})·N/(N-1), so that the linear curve from Y + o passes through every τᵢ and then
+        0 for every N (evenly spaced τ: DDIM's "leading" grid, the flow-matching linspaces)."""
+        steps = len(sync_states)
+        if steps < 2:
+            raise ValueError(f"{steps} sampling step: asyndm's curves need at least 2 (sample.steps)")
+        offset = float(sync_states[-1])
+        span = (float(sync_states[0]) - offset) * steps / (steps - 1)
+        return cls(num_train_timesteps=span, offset=offset, sync_states=sync_states, sync_next=sync_next)
+
 
 @dataclass
 class Prediction:
@@ -222,7 +234,9 @@ class Backend(ABC):
         """The starting noise, drawn from one generator per image exactly as the pipeline draws it (§7)."""
 
     @abstractmethod
-    def timeline(self, num_steps: int) -> Timeline: ...
+    def timeline(self, num_steps: int, semantics: str = "reference") -> Timeline:
+        """Where the scheduler calls the model, and the curves' Y and o (METHOD.md §9). ``semantics``
+        is ``curve.semantics``: under ``reference`` SD 1.x/2.x keep the release's Y and o (§3)."""
 
     @abstractmethod
     def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
@@ -250,12 +264,15 @@ class Backend(ABC):
         uniform: bool,
         capture_rows: slice | None = None,
         attention: ItemAttention | None = None,
+        sync_state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The model output for ``latents`` with per-cell timesteps from ``states`` (B, h, w); latents
         of m·B rows (a batched pass of m conditionings) read the B images' states m times over.
 
         ``uniform``: every cell of every image shares one state, so the plain model call is used.
         ``capture_rows``: the batch rows whose item maps ``attention`` keeps for this call.
+        ``sync_state``: τᵢ, the scheduler's own timestep at this call (dm's, the linear curve's): what a
+        stream with one timestep per sample sees (the MMDiT text stream, §9). UNets have none.
         """
 
     @abstractmethod

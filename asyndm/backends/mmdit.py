@@ -3,10 +3,12 @@
 - Timeline: the scheduler's *unshifted* timesteps τ (a family method), with §9's Y and o; the model
   sees σ(s)·num_train_timesteps unrounded, σ the scheduler's static or resolution-dependent shift
   (``mu`` from the image's token count, as the pipelines compute it: asyndm/flow.py).
-- Update: the element-wise Euler step x' = x + (σ(s') - σ(s))·v.
+  σ never exceeds σ(τ₀) = 1: a state above τ₀ is pure noise.
+- Update: the element-wise Euler step x' = x + (σ(s') - σ(s))·v, in the scheduler's arithmetic.
 - Model call: with a uniform map the plain transformer call; otherwise every image-stream AdaLN is
-  per token (asyndm/token_timesteps.py) and the text stream sees one timestep per sample,
-  ``text_timestep`` of the sample's token states (``min``: the background's, the default).
+  per token (asyndm/token_timesteps.py) and the text stream sees one timestep per sample:
+  ``text_timestep`` = ``linear`` (the default, §9), τᵢ, the scheduler's own timestep at call i, which
+  dm gives it; or the ``min`` / ``mean`` / ``max`` of the sample's token states.
 - Masks: the image-query × item-token block of the joint attention of ``mask.blocks``
   (asyndm/joint_attention.py), on the token grid.
 
@@ -29,7 +31,7 @@ from ..token_timesteps import DistinctTimesteps, TokenTimesteps
 from ..tokens import item_token_positions
 from .base import Backend, ItemAttention, ItemTokens, Prediction, TextConditioning, Timeline
 
-TEXT_TIMESTEPS = ("min", "mean", "max")
+TEXT_TIMESTEPS = ("linear", "min", "mean", "max")
 
 
 class JointItemAttention(ItemAttention):
@@ -53,7 +55,7 @@ class FlowTransformerBackend(Backend):
         """Where captures read the block's own queries and keys (asyndm/joint_attention.py); None: recompute."""
         return None
 
-    def __init__(self, pipe, device: torch.device, dtype: torch.dtype, text_timestep: str = "min"):
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype, text_timestep: str = "linear"):
         check_scheduler(pipe.scheduler)
         if text_timestep not in TEXT_TIMESTEPS:
             raise ValueError(f"model.text_timestep={text_timestep}: choose one of {', '.join(TEXT_TIMESTEPS)}")
@@ -63,7 +65,8 @@ class FlowTransformerBackend(Backend):
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
         self.text_timestep = text_timestep
-        self.shift = FlowShift.from_scheduler(pipe.scheduler, self.shift_precision())
+        tau0 = float(self.unshifted_timesteps(2)[0])  # the scheduler's first timestep, the same for every N
+        self.shift = FlowShift.from_scheduler(pipe.scheduler, self.shift_precision(), ceiling=tau0)
         self.token_timesteps = TokenTimesteps(pipe.transformer)
         self._announced: deque = deque(maxlen=2)  # (states, DistinctTimesteps): this call's and the next's
         self.unannounced_calls = 0  # per-token calls whose distinct timesteps had to be waited for
@@ -127,7 +130,7 @@ class FlowTransformerBackend(Backend):
     def unshifted_timesteps(self, num_steps: int) -> np.ndarray:
         """τ₀ > … > τ_{N-1}: the scheduler's timesteps before its shift, as the family's pipeline makes them."""
 
-    def timeline(self, num_steps: int) -> Timeline:
+    def timeline(self, num_steps: int, semantics: str = "reference") -> Timeline:
         return flow_timeline(self.unshifted_timesteps(num_steps), self.device)
 
     def sigmas(self, states: torch.Tensor) -> torch.Tensor:
@@ -143,10 +146,16 @@ class FlowTransformerBackend(Backend):
     def _forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: TextConditioning) -> torch.Tensor:
         """The transformer's output for (B, C, h, w) latents and a timestep vector (the pipeline's own call)."""
 
-    def _text_states(self, states: torch.Tensor) -> torch.Tensor:
-        """(B,) the state the text stream sees: the min / mean / max of the sample's token states."""
+    def _text_states(self, states: torch.Tensor, sync_state: torch.Tensor | None) -> torch.Tensor:
+        """(B,) the state the text stream sees: τᵢ (``linear``), or the min / mean / max of the sample's
+        token states."""
+        if self.text_timestep == "linear":
+            if sync_state is None:
+                raise ValueError("the text stream's timestep is the scheduler's own at this call "
+                                 "(model.text_timestep=linear): pass the call's sync_state")
+            return torch.as_tensor(sync_state, device=states.device).expand(len(states))
         flat = states.flatten(1)
-        if self.text_timestep == "min":  # every curve stays on or above the linear one: the background's
+        if self.text_timestep == "min":
             return flat.amin(dim=1)
         return flat.amax(dim=1) if self.text_timestep == "max" else flat.mean(dim=1)
 
@@ -166,7 +175,7 @@ class FlowTransformerBackend(Backend):
         self.unannounced_calls += 1
         return self._find_distinct(states)
 
-    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
+    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None, sync_state=None):
         tokens = states.shape[-2] * states.shape[-1]
         repeats = self.repeats(latents, states)
         if attention is not None and capture_rows is not None:
@@ -174,7 +183,7 @@ class FlowTransformerBackend(Backend):
         try:
             if uniform:  # one timestep for every token: the plain diffusers call
                 return self._forward(latents, self.model_timesteps(states)[:, 0, 0].repeat(repeats), text)
-            text_timesteps = self.shift.model_timesteps(self._text_states(states), tokens).repeat(repeats)
+            text_timesteps = self.shift.model_timesteps(self._text_states(states, sync_state), tokens).repeat(repeats)
             extended, rows = self._distinct(states).rows(text_timesteps, repeats)
             with self.token_timesteps.active(rows):
                 return self._forward(latents, extended, text)

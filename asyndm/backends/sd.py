@@ -3,7 +3,10 @@
 Per-pixel timesteps enter through forward hooks on the ResNet blocks (asyndm/pixel_timesteps.py,
 METHOD.md §5), item maps through capturing processors on the cross-attention layers of the mask's
 grid (asyndm/attention.py, §6), and the update is the element-wise DDIM step (asyndm/ddim.py, §4).
-The curves are the reference's: Y = ``num_train_timesteps``, o = ``steps_offset`` (§3).
+The curves are the reference's under ``curve.semantics=reference``: Y = ``num_train_timesteps``,
+o = ``steps_offset`` (§3), which put the linear curve on DDIM's own grid only when N divides Y; under
+``refit`` they follow §9's formula through DDIM's grid. The step runs in the release's float32
+arithmetic (asyndm/ddim.py), whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class StableDiffusionBackend(Backend):
 
     family = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
+    #: the DDIM step's arithmetic (asyndm/ddim.py, METHOD.md §9): the release's float32 for SD 1.x/2.x
+    step_arithmetic = "release"
+    #: the curve semantics under which the curves keep the release's Y and o (§3) rather than §9's
+    release_timeline = ("reference",)
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
         from diffusers import DDIMScheduler
@@ -143,16 +150,22 @@ class StableDiffusionBackend(Backend):
         latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
         return latents * self.pipe.scheduler.init_noise_sigma
 
-    def timeline(self, num_steps: int) -> Timeline:
-        """DDIM's own timesteps for dm; its step goes from t to t - Y // N (past 0: the final ᾱ)."""
+    def timeline(self, num_steps: int, semantics: str = "reference") -> Timeline:
+        """DDIM's own timesteps for dm; its step goes from t to t - Y // N (past 0: the final ᾱ).
+
+        The curves' Y and o: the release's (Y = num_train_timesteps, o = steps_offset) under the
+        semantics in ``release_timeline``, else §9's formula through DDIM's grid (every N)."""
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(num_steps, device=self.device)
         states = scheduler.timesteps.to(torch.float32)
+        sync_next = states - self.num_train_timesteps // num_steps
+        if semantics not in self.release_timeline:
+            return Timeline.through(states, sync_next)
         return Timeline(
             num_train_timesteps=float(self.num_train_timesteps),
             offset=float(scheduler.config.steps_offset),
             sync_states=states,
-            sync_next=states - self.num_train_timesteps // num_steps,
+            sync_next=sync_next,
         )
 
     def model_timesteps(self, states: torch.Tensor) -> torch.Tensor:
@@ -162,7 +175,7 @@ class StableDiffusionBackend(Backend):
         """The UNet call's conditioning keywords (SD: ``encoder_hidden_states``; SDXL adds its own)."""
         return text.tensors
 
-    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None):
+    def predict(self, latents, states, text, uniform, capture_rows=None, attention=None, sync_state=None):
         timesteps = self.model_timesteps(states).repeat(self.repeats(latents, states), 1, 1)  # (rows, h, w)
         kwargs = self.unet_kwargs(latents, text)
         if attention is not None and capture_rows is not None:
@@ -201,16 +214,22 @@ class StableDiffusionBackend(Backend):
         return torch.where(timesteps < 0, self.final_alpha, alphas)
 
     def step(self, prediction: Prediction, latents, states, next_states, eta, generators):
-        """The element-wise DDIM step (§4), noise drawn as diffusers' DDIMScheduler draws it."""
-        output = prediction.output
+        """The element-wise DDIM step (§4), noise drawn as diffusers' DDIMScheduler draws it, in the
+        family's arithmetic (``step_arithmetic``: the release's float32, or the scheduler's own)."""
+        output, renoise = prediction.output, prediction.renoise
         noise = None
         if eta > 0:
-            noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype).float()
-        alpha_t = self._alpha(torch.round(states).long())[:, None]
+            noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype)
+        alpha_t = self._alpha(torch.round(states).long())[:, None]  # (B, 1, h, w) float32
         alpha_prev = self._alpha(torch.round(next_states).long())[:, None]
-        renoise = None if prediction.renoise is None else prediction.renoise.float()
+        if self.step_arithmetic == "release":  # float32 whatever the model's dtype
+            output, start = output.float(), latents.float()
+            noise = None if noise is None else noise.float()
+            renoise = None if renoise is None else renoise.float()
+        else:
+            start = latents
         return ddim_step(
-            output.float(), latents.float(), alpha_t, alpha_prev, eta, noise, self.prediction_type, renoise
+            output, start, alpha_t, alpha_prev, eta, noise, self.prediction_type, renoise, self.step_arithmetic
         ).to(latents.dtype)
 
     def decode(self, latents: torch.Tensor) -> list:

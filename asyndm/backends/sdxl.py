@@ -11,7 +11,11 @@ What differs from SD 1.x/2.x (METHOD.md §9, SDXL):
 - The negative prompt is the pipeline's default: an empty ``negative_prompt`` is diffusers'
   ``negative_prompt=None``, zero embeddings where the folder sets ``force_zeros_for_empty_prompt``.
 - Decoding as the pipeline decodes: an fp16 VAE with ``force_upcast`` decodes in fp32.
-The curves, the DDIM step and the mask layers (latent/4, from the config) are the SD backend's.
+- The step and the curves follow diffusers rather than a release (METHOD.md §9: SDXL has none): the
+  DDIM step in ``DDIMScheduler.step``'s arithmetic, so fp16 ``dm`` equals the pipeline, and the
+  curves' Y and o from §9's formula, so the linear curve is DDIM's own grid at any step count (30:
+  958, 925, …, 1).
+The per-pixel DDIM step and the mask layers (latent/4, from the config) are the SD backend's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
 
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline",)
+    step_arithmetic = "scheduler"
+    release_timeline = ()  # no release to follow: §9's formula under every curve semantics
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
         super().__init__(pipe, device, dtype)
