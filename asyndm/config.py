@@ -15,6 +15,7 @@ from .sampler import MASK_MODES
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
+from .sources import pipeline_class  # noqa: E402
 
 # What decides the images. Batch size, outputs, evaluation and logging do not, so a rerun that
 # changes only those resumes the same folder.
@@ -32,6 +33,8 @@ SEMANTICS_CHANGES = {
        "own timestep; SD 1.x/2.x changed only under curve.semantics=refit",
 }
 SAMPLER_SEMANTICS = max(SEMANTICS_CHANGES)
+# The pipelines whose images follow the reference release (SD 1.x/2.x, the toy models): version 3 left them alone.
+RELEASE_PIPELINES = ("StableDiffusionPipeline",)
 # The paper's variants, and the baselines experiment presets add with baselines=true (paper.yaml).
 PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
 PAPER_BASELINES = ("zsampling", "seg", "scfg", "cfgpp", "attend_excite")
@@ -96,9 +99,7 @@ def sampler_semantics(cfg: DictConfig) -> int:
     """The sampler semantics whose images this run's settings get: the newest, except SD 1.x/2.x under
     ``curve.semantics=reference``, whose images version 3 left unchanged (they keep 2, so their folders
     resume). A model whose family cannot be read yet counts as changed."""
-    from .models import model_family
-
-    if cfg.curve.get("semantics", "reference") == "reference" and model_family(cfg.model) == "sd":
+    if cfg.curve.get("semantics", "reference") == "reference" and pipeline_class(cfg.model) in RELEASE_PIPELINES:
         return 2
     return SAMPLER_SEMANTICS
 

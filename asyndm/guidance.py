@@ -17,9 +17,42 @@ from typing import Callable, Protocol
 
 import torch
 
-from .backends.base import Prediction, PromptConditioning, StepContext, TextConditioning
+from .conditioning import PromptConditioning, TextConditioning
 
 ModelCall = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Prediction:
+    """What a guidance rule hands the update step.
+
+    ``output``: the guided model output x̂0 comes from. ``renoise``: the output the update's
+    direction points along, where a rule separates the two (CFG++ uses the unconditional one).
+    ``sample``: the latents the update starts from, where the rule moved them before predicting
+    (Attend-and-Excite's latent update, Z-Sampling's zigzag); None keeps the loop's latents.
+    """
+
+    output: torch.Tensor
+    renoise: torch.Tensor | None = None
+    sample: torch.Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What a guidance rule may need beyond the model call: where this step goes and how to step.
+
+    Rules that take extra denoising or inversion steps (Z-Sampling) call ``backend.step`` with it;
+    rules that need more of the model than its output use the backend's optional capabilities
+    (``attention_probabilities``, ``blurred_self_attention``, ``latent_gradients``).
+    """
+
+    step: int
+    num_steps: int
+    next_states: torch.Tensor  # (B, h, w)
+    eta: float
+    generators: list
+    backend: "Backend"
+    tokens: ItemTokens | None = None  # the prompt's items, for rules that act on them (Attend-and-Excite)
 
 
 class GuidanceRule(Protocol):

@@ -21,7 +21,8 @@ import torch
 
 from .backends.base import Backend, ItemTokens
 from .errors import AsyndmError
-from .models import built_in_names, built_in_source, check_source, load_backend, resolve_device, resolve_dtype
+from .models import load_backend, resolve_device, resolve_dtype
+from .sources import built_in_names, built_in_source, check_source
 from .oracle import OracleFunction, load_oracle
 from .oracle import oracle_masks as read_oracle_masks
 from .prompts import PromptSpec, check_spec

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .outputs import MANIFEST_COLUMNS
+from .run_folder import MANIFEST_COLUMNS, image_file, latent_file, mask_file
 from .prompts import PromptSpec, load_prompts
 from .variants import get_variant
 
@@ -26,18 +26,6 @@ class ImageJob:
     image_idx: int
     spec: PromptSpec
     seed: int
-
-
-def image_file(image_idx: int, variant: str) -> str:
-    return f"images/{image_idx:05}_{variant}.png"
-
-
-def latent_file(image_idx: int, variant: str) -> str:
-    return f"latents/{image_idx:05}_{variant}.npy"
-
-
-def mask_file(image_idx: int, variant: str = "asyndm") -> str:
-    return f"masks/{image_idx:05}_{variant}.png"
 
 
 def has_masks(variant: str) -> bool:
@@ -122,17 +110,3 @@ def item_token_mode(cfg: DictConfig) -> str:
 def shard_batches(batches: list, index: int, count: int) -> list:
     """Batches ``index, index + count, ...`` of the global plan (round robin keeps shards even)."""
     return batches[index::count]
-
-
-def shard_suffix(index: int, count: int) -> str:
-    """'' for an unsharded run, else '.shard-{index}-of-{count}' (for manifest and status files)."""
-    return "" if count == 1 else f".shard-{index}-of-{count}"
-
-
-def manifest_name(index: int, count: int) -> str:
-    return f"manifest{shard_suffix(index, count)}.csv"
-
-
-def timesteps_name(index: int, count: int) -> str:
-    """Each shard traces its own batches' timesteps; the merge concatenates them."""
-    return f"timesteps{shard_suffix(index, count)}.csv"

@@ -21,24 +21,29 @@ from . import config as config_mod
 from .callbacks import TimestepTrace
 from .errors import ConfigError
 from .history import invocation
-from .models import backend_class, backend_options, load_backend, model_source, resolve_device, resolve_dtype
+from .models import backend_options, load_backend, resolve_device, resolve_dtype
+from .sources import backend_class, model_source
 from .oracle import load_oracle
-from .outputs import atomic_write_bytes, mask_overlay, save_array, save_image, write_table
+from .outputs import mask_overlay, save_array, save_image
 from .pipeline import AsyncPipeline
 from .plan import (
     ImageJob,
     has_masks,
-    image_file,
     item_token_mode,
-    latent_file,
     load_run_prompts,
     manifest_rows,
-    mask_file,
     missing_variants,
-    manifest_name,
     plan_batches,
-    timesteps_name,
     shard_batches,
+)
+from .run_folder import (
+    atomic_write_bytes,
+    image_file,
+    latent_file,
+    manifest_name,
+    mask_file,
+    timesteps_name,
+    write_table,
 )
 from .sampler import SamplingSettings
 from .sweep import sweep_job

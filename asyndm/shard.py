@@ -28,7 +28,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from .errors import AsyndmError
-from .plan import manifest_name, shard_batches, shard_suffix  # noqa: F401 - re-exported for scripts
+from .plan import files_for, load_run_prompts, manifest_rows, plan_batches, shard_batches
+from .run_folder import atomic_write_bytes, manifest_name, shard_suffix, write_table
+from .variants import ordered
 
 SHARD_MANIFEST = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
 
@@ -56,8 +58,6 @@ def _copy(src: Path, dst: Path) -> None:
         if dst.read_bytes() != data:
             raise MergeError(f"{dst} exists and differs from {src}: merge into an empty folder")
         return
-    from .outputs import atomic_write_bytes
-
     atomic_write_bytes(dst, data)
 
 
@@ -68,10 +68,6 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     file of the run; copies images (and latents, masks) into ``out_dir``; writes config.yaml with
     shard 0 of 1, manifest.csv and status.json; then scores the run when its config asks for it.
     """
-    from .outputs import atomic_write_bytes, write_table
-    from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
-    from .variants import ordered
-
     out_dir = Path(out_dir)
     shard_dirs = [Path(d) for d in shard_dirs] or [out_dir]
     configs = {}

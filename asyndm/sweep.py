@@ -32,6 +32,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .run_folder import atomic_write_bytes, shard_suffix, write_table
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
@@ -48,8 +50,6 @@ NOT_FINISHED = "did not finish (killed, preempted or still running): rerun the s
 # --- one job ---------------------------------------------------------------------------------
 
 def write_status(path: Path, status: str, **fields) -> None:
-    from .outputs import atomic_write_bytes
-
     record = {"status": status, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "host": socket.gethostname(), "pid": os.getpid(), **fields}
     atomic_write_bytes(Path(path), json.dumps(record, indent=2, default=str).encode())
@@ -120,8 +120,6 @@ def _job_gpu(multirun: bool, job_num: int, sweep_dir: Path | None, device) -> It
 @contextmanager
 def sweep_job(run_dir: Path, cfg: DictConfig) -> Iterator[None]:
     """Record the run's status in ``run_dir``; in a multirun, record a failure and carry on."""
-    from .plan import shard_suffix
-
     shard = cfg.get("shard") or {"index": 0, "count": 1}
     path = Path(run_dir) / f"status{shard_suffix(shard['index'], shard['count'])}.json"
     multirun, job_num, sweep_dir = _hydra_job()
@@ -294,8 +292,6 @@ def sweep_summary(sweep_dir: Path, multirun_cfg: DictConfig | None = None) -> pd
 
 def write_sweep_summary(sweep_dir: Path, multirun_cfg: DictConfig | None = None) -> pd.DataFrame:
     """Write ``sweep_dir/sweep_summary.csv`` and return it."""
-    from .outputs import write_table
-
     table = sweep_summary(sweep_dir, multirun_cfg)
     write_table(Path(sweep_dir) / SUMMARY_FILE, table)
     return table

@@ -1,4 +1,4 @@
-"""Reading and writing the files of a run folder: manifest, results, atomic CSV writes."""
+"""Reading a run folder's tables for evaluation (its schema: asyndm/run_folder.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from asyndm.outputs import atomic_write_bytes
-from asyndm.plan import mask_file
-
-MANIFEST_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file"]
-RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
+from asyndm.run_folder import MANIFEST_REQUIRED, RESULT_COLUMNS, mask_file
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -26,7 +22,7 @@ def read_manifest(run_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a sampling run folder "
                                 f"(run `asyndm ...` first, or pass the folder that holds manifest.csv)")
     manifest = _read_csv(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    missing = [c for c in MANIFEST_REQUIRED if c not in manifest.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; it has {list(manifest.columns)}")
     manifest["category"] = manifest["category"].astype(str)
@@ -73,16 +69,3 @@ def mask_files(run_dir: Path, image_idx: int, variants: list[str]) -> dict[str, 
     """variant -> masks/{image_idx:05}_{variant}.png for those of `variants` that saved a mask picture."""
     found = {v: Path(run_dir) / mask_file(int(image_idx), v) for v in variants}
     return {v: p for v, p in found.items() if p.is_file()}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and os.replace, so a crash never leaves half a file."""
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
-def atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, frame.to_csv(index=False))
-
-
-def atomic_write_json(obj, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.io import atomic_write_csv
+from asyndm.run_folder import write_table
 from evaluation.scoring import score_run
 from evaluation.summary import format_summary, summarize
 
@@ -42,7 +42,7 @@ def run_after_sampling(run_dir: Path, cfg: DictConfig, job_type: str = "sample")
     if eval_cfg:
         results = score_run(run_dir, eval_cfg, device=cfg.get("device"), progress=cfg.get("progress", True))
         summary = summarize(results)
-        atomic_write_csv(summary, run_dir / "summary.csv")
+        write_table(run_dir / "summary.csv", summary)
         print(f"\n{run_dir}: {len(results)} scores\n{format_summary(summary)}\n", flush=True)
 
     logger = cfg.get("logger") or {}

@@ -33,7 +33,8 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from evaluation.io import atomic_write_text, grid_columns, mask_files, read_manifest, read_results  # noqa: E402
+from asyndm.run_folder import atomic_write_text  # noqa: E402
+from evaluation.io import grid_columns, mask_files, read_manifest, read_results  # noqa: E402
 from evaluation.summary import (ALL, PAIRED_BOOTSTRAP, T, WILSON, format_interval, read_summary,  # noqa: E402
                                 shown_rows)
 from evaluation.timesteps import plot_timesteps, variant_colors  # noqa: E402

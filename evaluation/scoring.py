@@ -17,9 +17,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from asyndm.run_folder import RESULT_COLUMNS, atomic_write_json, write_table
 from evaluation import registry
-from evaluation.io import (RESULT_COLUMNS, atomic_write_csv, atomic_write_json, read_manifest,
-                           read_results)
+from evaluation.io import read_manifest, read_results
 
 META_FILE = "results.meta.json"
 DEFAULT_CHUNK = 32
@@ -138,12 +138,12 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
                 block["value"] = [float(v) for v in values]
                 new.append(block)
             results = pd.concat([results, *new], ignore_index=True) if len(results) else pd.concat(new, ignore_index=True)
-            atomic_write_csv(_sorted(results), run_dir / "results.csv")
-            atomic_write_json(meta, meta_path)
+            write_table(run_dir / "results.csv", _sorted(results))
+            atomic_write_json(meta_path, meta)
             bar.update(len(rows))
         bar.close()
 
     results = _sorted(results)
-    atomic_write_csv(results, run_dir / "results.csv")
-    atomic_write_json(meta, meta_path)
+    write_table(run_dir / "results.csv", results)
+    atomic_write_json(meta_path, meta)
     return results

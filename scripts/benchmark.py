@@ -32,15 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asyndm.backends import backend_for_pipeline  # noqa: E402
-from asyndm.models import (  # noqa: E402
-    built_in_names,
-    built_in_source,
-    check_source,
-    load_backend,
-    resolve_device,
-    resolve_dtype,
-)
+from asyndm.models import load_backend, resolve_device, resolve_dtype  # noqa: E402
+from asyndm.sources import backend_for_pipeline, built_in_names, built_in_source, check_source  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.offline.flux import flux_dev_shaped_pipeline  # noqa: E402
 from asyndm.offline.sd3 import sd35_medium_shaped_pipeline  # noqa: E402

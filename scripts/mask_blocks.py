@@ -29,8 +29,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.callbacks import RecordItemMaps  # noqa: E402
 from asyndm.masks import item_assignment  # noqa: E402
-from asyndm.models import built_in_source, check_source, load_backend  # noqa: E402
-from asyndm.offline import BUILDERS  # noqa: E402
+from asyndm.models import load_backend  # noqa: E402
+from asyndm.sources import BUILT_IN_MODELS, built_in_source, check_source  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
 
 PROMPT, ITEMS, K = "a cat eating a sandwich", ["cat", "sandwich"], [0.7, 0.7]
@@ -70,7 +70,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    source = built_in_source(args.model) if args.model in BUILDERS else check_source(args.model)
+    source = built_in_source(args.model) if args.model in BUILT_IN_MODELS else check_source(args.model)
     backend = load_backend(source, torch.device("cpu"), torch.float32)
     side = args.resolution or backend.default_size[0]
     settings = SamplingSettings(steps=args.steps, guidance_scale=3.5 if backend.family == "flux" else 5.0,

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asyndm.plan import mask_file  # noqa: E402
+from asyndm.run_folder import mask_file  # noqa: E402
 from evaluation.io import read_manifest  # noqa: E402
 
 COLUMNS = ("dm", "dm_concave", "asyndm", "mask")

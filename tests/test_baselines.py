@@ -85,7 +85,7 @@ def test_attend_excite_equals_diffusers_pipeline(tiny_backend, dm):
 def test_attend_excite_update_lowers_its_loss(tiny_backend):
     """The paper's Algorithm 1 on one image: the gradient step raises the items' max attention."""
     from asyndm.baselines.attend_excite import AttendAndExcite, _row
-    from asyndm.backends.base import StepContext
+    from asyndm.guidance import StepContext
 
     backend = tiny_backend
     sampler = AsyncSampler(backend, SamplingSettings(steps=3, height=SIZE, width=SIZE))

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from asyndm.config import CONF_DIR
-from asyndm.outputs import MANIFEST_COLUMNS
+from asyndm.run_folder import MANIFEST_COLUMNS
 from asyndm.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,7 +393,7 @@ def cli_main(monkeypatch, capsys, tmp_path):
 
     Loading a model or tokenizer fails the test: each of these errors must come before either.
     """
-    import asyndm.models
+    import asyndm.sources
     import asyndm.run
     from asyndm.cli import main
 
@@ -406,7 +406,7 @@ def cli_main(monkeypatch, capsys, tmp_path):
 
     def call(args, allow_tokenizer=False):
         if not allow_tokenizer:
-            monkeypatch.setattr(asyndm.models, "load_tokenizer", refuse)
+            monkeypatch.setattr(asyndm.sources, "load_tokenizer", refuse)
         run_dir = tmp_path / "run"
         monkeypatch.setattr(sys, "argv", ["asyndm", *args, f"run_dir={run_dir}"])
         capsys.readouterr()

@@ -127,7 +127,7 @@ def test_prompt_files_are_generated_from_the_world():
 
 
 def test_prompts_fit_the_toy_model_and_items_resolve_to_the_object_word():
-    from asyndm.models import load_tokenizer
+    from asyndm.sources import load_tokenizer
     from asyndm.prompts import load_prompts
     from asyndm.tokens import item_token_positions, prompt_token_ids
     from asyndm.toy_model import TEXT_LENGTH

@@ -132,10 +132,10 @@ def test_rerun_continues_the_same_wandb_run(tmp_path, fake_home):
     (run / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      experiment: toy_alignment\n")
     results = _results(run)
     summary = summarize(results)
-    from evaluation.io import atomic_write_csv
+    from asyndm.run_folder import write_table
 
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summary, run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summary)
     cfg = OmegaConf.load(run / "config.yaml")
     inits = []
     import wandb

@@ -113,7 +113,7 @@ def test_embedded_guidance_rule():
         seen.append((dict(text.tensors), capture_rows))
         return torch.full_like(latents, 2.0 if "neg" in text.tensors else 5.0)
 
-    from asyndm.backends import PromptConditioning, TextConditioning
+    from asyndm.conditioning import PromptConditioning, TextConditioning
 
     cond = PromptConditioning(TextConditioning({"pos": torch.zeros(2, 1)}), TextConditioning({"neg": torch.zeros(2, 1)}))
     latents, states = torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 1)

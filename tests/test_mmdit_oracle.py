@@ -38,7 +38,7 @@ from diffusers.models.transformers.transformer_flux import (
 )
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
-from asyndm.backends.base import TextConditioning
+from asyndm.conditioning import TextConditioning
 
 PROMPTS = ["a cat eating a sandwich", "a red house by a lake"]  # one per sample: the pooled text differs
 GUIDANCE = 3.5  # Flux's embedded guidance scale, where the model embeds one (the pipeline's default)

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from asyndm.errors import ModelError
-from asyndm.models import load_backend, load_tokenizer, model_source, resolve_device, resolve_dtype
+from asyndm.models import load_backend, resolve_device, resolve_dtype
+from asyndm.sources import load_tokenizer, model_source
 
 MISSING_HUB_ID = "asyndm-tests/no-such-model"
 

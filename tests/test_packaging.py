@@ -49,7 +49,7 @@ def installed(tmp_path_factory):
 
 def test_installed_package_finds_its_data_outside_the_checkout(installed):
     venv, elsewhere, env = installed
-    probe = ("import asyndm.paths as p; from asyndm.models import built_in_source; "
+    probe = ("import asyndm.paths as p; from asyndm.sources import built_in_source; "
              "print(p.CONF_DIR); print(built_in_source('toy'))")
     out = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=elsewhere, env=env, capture_output=True,
                          text=True, timeout=300)

@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from evaluation.offline.fake_run import make_fake_run
-from evaluation.io import atomic_write_csv
+from asyndm.run_folder import write_table
 from evaluation.report import build_report, find_runs, main
 from evaluation.summary import summarize
 
@@ -21,8 +21,8 @@ def _score(run, shift):
     gain = manifest["variant"].map({"dm": 0.0, "dm_concave": 0.01, "asyndm": 0.03}).fillna(0.02) + shift
     results = manifest[["image_idx", "prompt_idx", "prompt", "category", "seed", "variant"]].assign(
         metric="clip/cosine_raw", value=0.33 + gain + 0.005 * np.sin(manifest["image_idx"]))
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summarize(results), run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summarize(results))
 
 
 def test_single_run_report(tmp_path):
@@ -71,8 +71,8 @@ def test_proportions_get_wilson_and_empty_categories_no_rows(tmp_path):
     relation = np.where(manifest["category"] == "relation", 1.0, np.nan)
     results = pd.concat([base.assign(metric="shapes/exact", value=exact),
                          base.assign(metric="shapes/relation", value=relation)], ignore_index=True)
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summarize(results), run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summarize(results))
     assert main([str(run), "--categories"]) == 0
     tables = _tables((run / "report.html").read_text())
     head, rows = tables["shapes/exact"]
@@ -131,8 +131,8 @@ def test_report_with_nan_metric_values(tmp_path):
     base = manifest[["image_idx", "prompt_idx", "prompt", "category", "seed", "variant"]]
     results = pd.concat([base.assign(metric="shapes/exact", value=1.0),
                          base.assign(metric="shapes/relation", value=np.nan)], ignore_index=True)
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summarize(results), run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summarize(results))
     assert main([str(run)]) == 0
     assert (run / "report" / "grid.png").is_file()
 
@@ -159,8 +159,8 @@ def test_every_variant_side_by_side_with_its_paired_difference(tmp_path):
     assert list(summary["variant"]) == order
     for row in summary[summary.variant != "dm"].itertuples():
         assert row.n_pairs == 6 and row.diff_vs_dm_mean == pytest.approx(gain[row.variant]), row.variant
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summary, run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summary)
 
     columns = grid_columns(run, read_manifest(run))
     assert [title for title, _ in columns] == [*order, "mask", "asyndm+cfgpp mask"]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluation.io import atomic_write_csv
+from asyndm.run_folder import write_table
 from evaluation.offline.fake_run import make_fake_run
 from evaluation.report import build_report, find_chromium, main, screenshot
 from evaluation.summary import summarize
@@ -42,8 +42,8 @@ def _scored_run(tmp_path):
         base.assign(metric="shapes/exact", value=(rng.random(len(base)) < 0.8).astype(float)),
         base.assign(metric="clip/cosine_raw", value=0.33 + 0.01 * rng.standard_normal(len(base)))],
         ignore_index=True)
-    atomic_write_csv(results, run / "results.csv")
-    atomic_write_csv(summarize(results), run / "summary.csv")
+    write_table(run / "results.csv", results)
+    write_table(run / "summary.csv", summarize(results))
     return run
 
 

@@ -17,11 +17,13 @@ import torch
 from asyndm import pixel_timesteps
 from asyndm.attention import capture_layer_names
 from asyndm.backends import StableDiffusionXLBackend
-from asyndm.backends.base import ItemTokens, TextConditioning
+from asyndm.backends.base import ItemTokens
+from asyndm.conditioning import TextConditioning
 from asyndm.backends.sdxl import _item_tokens
 from asyndm.callbacks import RecordItemMaps, RecordTimesteps
 from asyndm.errors import ModelError, PromptError
-from asyndm.models import backend_class, load_backend
+from asyndm.models import load_backend
+from asyndm.sources import backend_class
 from asyndm.offline.sdxl import sdxl_base_unet
 from asyndm.pixel_timesteps import PixelTimestepUNet
 from asyndm.sampler import AsyncSampler, SamplingSettings

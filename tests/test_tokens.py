@@ -13,7 +13,7 @@ SETS = ("animal", "drawbench", "geneval", "mscoco")
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_path):
-    from asyndm.models import load_tokenizer
+    from asyndm.sources import load_tokenizer
 
     return load_tokenizer(str(tiny_path))
 

@@ -26,7 +26,7 @@ def composed(*overrides):
 def test_preset_runs_the_paper_variants_and_the_oracle_on_the_context_prompts():
     cfg = composed("experiment=toy_context")
     validate(cfg)
-    from asyndm.models import model_source
+    from asyndm.sources import model_source
 
     assert Path(model_source(cfg.model)).resolve() == SHIPPED and cfg.model.name == "toy_context"
     assert list(cfg.variants) == ["dm", "dm_concave", "asyndm", "asyndm_oracle"]

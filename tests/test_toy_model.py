@@ -46,7 +46,7 @@ def test_saved_folder_loads_back(small_pipe, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from asyndm.backends import StableDiffusionBackend
-    from asyndm.models import load_tokenizer
+    from asyndm.sources import load_tokenizer
 
     small_pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["vae"] == [None, None]
@@ -138,7 +138,7 @@ def test_model_config_points_at_the_shipped_folder():
     register_resolvers()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=toy_alignment"])
-    from asyndm.models import model_source
+    from asyndm.sources import model_source
 
     assert Path(model_source(cfg.model)).resolve() == SHIPPED
     assert cfg.mask.resolution == 16 and cfg.sample.guidance_scale == 3.0

@@ -11,7 +11,6 @@ one value per cell of the timestep grid (latent pixels for UNets, image tokens f
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,44 +18,11 @@ from typing import ClassVar
 
 import torch
 
-
-@dataclass
-class TextConditioning:
-    """What one text (the prompt, or the negative prompt) gives the model, per sample of a batch.
-
-    ``tensors`` holds the family's keyword arguments for the model call, every one with the batch as
-    its first dimension (SD: ``encoder_hidden_states``; SDXL adds pooled embeddings and size ids).
-    """
-
-    tensors: dict[str, torch.Tensor]  # the names the backend's predict reads; batch first
-
-    def __len__(self) -> int:
-        return next(iter(self.tensors.values())).shape[0]
-
-    @staticmethod
-    def cat(parts: list["TextConditioning"]) -> "TextConditioning":
-        """One batch from several (guidance stacks [negative; positive]).
-
-        Stacking the same parts (the same objects) again gives back the same batch while the first
-        part lives (it keeps the batch), so a loop that stacks them every step passes one
-        conditioning throughout, and a backend may keep work done per conditioning (SDXL's
-        per-sample embedding tables) for as long as that batch lives. Do not change it in place.
-        """
-        first, rest = parts[0], parts[1:]
-        kept = getattr(first, "_stacked", None)  # (weak references to the other parts, their batch)
-        if kept is not None and len(kept[0]) == len(rest) and all(ref() is part for ref, part in zip(kept[0], rest)):
-            return kept[1]
-        batch = TextConditioning({key: torch.cat([p.tensors[key] for p in parts]) for key in first.tensors})
-        first._stacked = (tuple(weakref.ref(part) for part in rest), batch)
-        return batch
-
-
-@dataclass
-class PromptConditioning:
-    """The prompt's conditioning and, under classifier-free guidance, the negative prompt's."""
-
-    positive: TextConditioning
-    negative: TextConditioning | None = None
+from .. import sources
+from ..conditioning import PromptConditioning, TextConditioning
+from ..guidance import ClassifierFreeGuidance, Prediction, StepContext
+from ..timeline import Timeline
+from ..tokens import item_token_positions
 
 
 @dataclass(frozen=True)
@@ -76,66 +42,6 @@ class ItemTokens:
     def last_item(self) -> int:
         """The item with the largest token index: the whole initial dynamic mask (§6). First on ties."""
         return max(range(len(self.positions)), key=lambda i: max(self.positions[i]))
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Where a family's scheduler puts its N model calls, in its own timestep space (METHOD.md §9).
-
-    The curves start at ``num_train_timesteps + offset`` (Y + o). ``sync_states[i]`` is the state of
-    the scheduler's own i-th call and ``sync_next[i]`` the state its update goes to: what ``dm``
-    follows, exactly as the family's diffusers pipeline does.
-    """
-
-    num_train_timesteps: float
-    offset: float
-    sync_states: torch.Tensor  # (N,)
-    sync_next: torch.Tensor  # (N,)
-
-    @classmethod
-    def through(cls, sync_states: torch.Tensor, sync_next: torch.Tensor) -> "Timeline":
-        """§9's curves for the scheduler's own timesteps τ₀ > … > τ_{N-1}: o = τ_{N-1} and
-        Y = (τ₀ - τ_{N-1})·N/(N-1), so that the linear curve from Y + o passes through every τᵢ and then
-        0 for every N (evenly spaced τ: DDIM's "leading" grid, the flow-matching linspaces)."""
-        steps = len(sync_states)
-        if steps < 2:
-            raise ValueError(f"{steps} sampling step: asyndm's curves need at least 2 (sample.steps)")
-        offset = float(sync_states[-1])
-        span = (float(sync_states[0]) - offset) * steps / (steps - 1)
-        return cls(num_train_timesteps=span, offset=offset, sync_states=sync_states, sync_next=sync_next)
-
-
-@dataclass
-class Prediction:
-    """What a guidance rule hands the update step.
-
-    ``output``: the guided model output x̂0 comes from. ``renoise``: the output the update's
-    direction points along, where a rule separates the two (CFG++ uses the unconditional one).
-    ``sample``: the latents the update starts from, where the rule moved them before predicting
-    (Attend-and-Excite's latent update, Z-Sampling's zigzag); None keeps the loop's latents.
-    """
-
-    output: torch.Tensor
-    renoise: torch.Tensor | None = None
-    sample: torch.Tensor | None = None
-
-
-@dataclass
-class StepContext:
-    """What a guidance rule may need beyond the model call: where this step goes and how to step.
-
-    Rules that take extra denoising or inversion steps (Z-Sampling) call ``backend.step`` with it;
-    rules that need more of the model than its output use the backend's optional capabilities
-    (``attention_probabilities``, ``blurred_self_attention``, ``latent_gradients``).
-    """
-
-    step: int
-    num_steps: int
-    next_states: torch.Tensor  # (B, h, w)
-    eta: float
-    generators: list
-    backend: "Backend"
-    tokens: ItemTokens | None = None  # the prompt's items, for rules that act on them (Attend-and-Excite)
 
 
 class ItemAttention(AbstractContextManager):
@@ -211,10 +117,7 @@ class Backend(ABC):
     def item_resolver(cls, source: str):
         """A function (prompt, items, legacy_item_idx, mode) → ItemTokens that loads only tokenizers,
         so a prompt set is checked before any weights load. Default: the first CLIP tokenizer."""
-        from ..models import load_tokenizer
-        from ..tokens import item_token_positions
-
-        tokenizer = load_tokenizer(source)
+        tokenizer = sources.load_tokenizer(source)
         return lambda prompt, items, legacy, mode: ItemTokens(item_token_positions(tokenizer, prompt, items, legacy, mode))
 
     @classmethod
@@ -324,8 +227,6 @@ class Backend(ABC):
         """The family's own guidance at the run's scale (the pipeline's default behaviour): classifier-
         free guidance here; guidance-distilled families embed the scale instead, and may add classifier-
         free guidance on top at ``true_cfg_scale`` (``sample.true_cfg_scale``; 1 = off)."""
-        from ..guidance import ClassifierFreeGuidance
-
         if true_cfg_scale != 1:
             raise ValueError(f"sample.true_cfg_scale={true_cfg_scale} applies to guidance-distilled models (FLUX.1-dev); "
                              f"this model's classifier-free guidance scale is sample.guidance_scale")

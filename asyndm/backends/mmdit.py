@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .. import sources
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
@@ -238,9 +239,7 @@ class FlowTransformerBackend(Backend):
 
     @classmethod
     def item_resolver(cls, source: str):
-        from ..models import load_t5_tokenizer, load_tokenizer
-
-        clip, t5 = load_tokenizer(source), load_t5_tokenizer(source, cls.t5_tokenizer_name)
+        clip, t5 = sources.load_tokenizer(source), sources.load_t5_tokenizer(source, cls.t5_tokenizer_name)
         return lambda prompt, items, legacy, mode: resolve_items(clip, t5, prompt, items, legacy, mode,
                                                                  cls.max_sequence_length)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .. import sources
 from ..attention import AttentionStore, capture_cross_attention, capture_layer_names
 from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
 from ..curves import timesteps_from_state
@@ -82,11 +83,9 @@ class StableDiffusionBackend(Backend):
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         from ..attention import cross_attention_grids
-        from ..models import _from_pretrained
-
-        unet_config = _from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
+        unet_config = sources.from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
         try:
-            vae_config = _from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
+            vae_config = sources.from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
             scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
         except (OSError, ValueError):  # a pixel-space pipeline saved without a VAE
             scale = 1

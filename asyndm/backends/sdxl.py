@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import sources
 from ..errors import ModelError, PromptError
 from ..tokens import item_token_positions
 from .base import ItemTokens, PromptConditioning, TextConditioning
@@ -63,13 +64,11 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
     @classmethod
     def item_resolver(cls, source: str):
         """Both tokenizers alone (no weights), so a prompt set is checked before loading."""
-        from ..models import load_tokenizer, model_index
-
-        index = model_index(source)
+        index = sources.model_index(source)
         names = [name for name in TOKENIZERS if index.get(name) not in (None, [None, None])]
         if not names:
             raise ModelError(f"model.path={source}: its model_index.json lists no tokenizer")
-        tokenizers = [load_tokenizer(source, name) for name in names]
+        tokenizers = [sources.load_tokenizer(source, name) for name in names]
         return lambda prompt, items, legacy, mode: _item_tokens(tokenizers, prompt, items, legacy, mode)
 
     def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:

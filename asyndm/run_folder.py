@@ -1,0 +1,98 @@
+"""What a run folder holds: its file names, its tables' columns, and the atomic writes that fill it.
+
+The one schema the sampler's runner writes and evaluation reads (evaluation imports this module and
+never the sampler). Every write goes through a temporary file that is renamed over the target, so a
+killed run leaves nothing half-written that counts as done. Writers take ``(path, content)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+# manifest.csv: one row per finished image. ``config_hash`` names the run that wrote it (evaluation
+# reads folders written without it too).
+MANIFEST_COLUMNS = [
+    "image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file", "config_hash",
+]
+MANIFEST_REQUIRED = [c for c in MANIFEST_COLUMNS if c != "config_hash"]
+# results.csv: one row per image, variant and metric.
+RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
+
+
+def image_file(image_idx: int, variant: str) -> str:
+    return f"images/{image_idx:05}_{variant}.png"
+
+
+def latent_file(image_idx: int, variant: str) -> str:
+    return f"latents/{image_idx:05}_{variant}.npy"
+
+
+def mask_file(image_idx: int, variant: str = "asyndm") -> str:
+    return f"masks/{image_idx:05}_{variant}.png"
+
+
+def shard_suffix(index: int, count: int) -> str:
+    """'' for an unsharded run, else '.shard-{index}-of-{count}' (for manifest and status files)."""
+    return "" if count == 1 else f".shard-{index}-of-{count}"
+
+
+def manifest_name(index: int, count: int) -> str:
+    return f"manifest{shard_suffix(index, count)}.csv"
+
+
+def timesteps_name(index: int, count: int) -> str:
+    """Each shard traces its own batches' timesteps; the merge concatenates them."""
+    return f"timesteps{shard_suffix(index, count)}.csv"
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file, flush it to disk, rename it over ``path``, then flush the folder:
+    after a crash or power loss ``path`` holds either the old bytes or all of the new ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    """A table as CSV, without the index."""
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
