@@ -108,35 +108,49 @@ def test_attend_excite_update_lowers_its_loss(tiny_backend):
 
 
 def test_cfgpp_scale_zero_is_unconditional_ddim(tiny_backend):
-    """λ = 0: x̂0 and the direction both from ε_∅, i.e. DDIM on the empty prompt (diffusers, guidance 1)."""
-    ours = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0}, eta=1.0)
+    """λ = 0 on diffusers' noise levels: x̂0 and the direction both from ε_∅, i.e. DDIM on the empty
+    prompt (diffusers, guidance 1). On the released noise levels it is another sampler."""
+    ours = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0, "noise_levels": "diffusers"}, eta=1.0)
     reference = diffusers_latents(tiny_backend.pipe, 4, 1.0, 1.0, prompt="")
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    released = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0}, eta=1.0)
+    assert (released - reference).abs().max() > 1e-2
 
 
-def test_cfgpp_one_step_matches_the_paper_update(tiny_backend):
-    """x' = √ᾱ'·(x − √(1−ᾱ)·ε_λ)/√ᾱ + √(1−ᾱ')·ε_∅ (η = 0), written out with the plain UNet."""
+def official_alpha(noise_levels):
+    """ᾱ at timestep t as CFG++'s official ``latent_diffusion.py`` reads it, from SD's scaled-linear
+    betas written out: ``alphas_cumprod`` with 1.0 prepended (released) or as is (diffusers), and
+    ``final_alpha_cumprod`` (ᾱ[0]: set_alpha_to_one is false) below t = 0."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    table = torch.cat([torch.ones(1), alphas_cumprod]) if noise_levels == "released" else alphas_cumprod
+    return lambda t: table[t] if t >= 0 else alphas_cumprod[0]
+
+
+@pytest.mark.parametrize("noise_levels", ["released", "diffusers"])
+def test_cfgpp_equals_its_update_written_out(tiny_backend, noise_levels):
+    """η = 0, four steps by hand with the plain UNet, as the official ``BaseDDIMCFGpp.sample`` loop:
+    x̂0 = (x − √(1−ᾱ_t)·ε_λ)/√ᾱ_t, x' = √ᾱ_{t−250}·x̂0 + √(1−ᾱ_{t−250})·ε_∅ at t = 751, 501, 251, 1,
+    with ᾱ_t = alphas_cumprod[t − 1] (released: ᾱ(751) is ᾱ[750]) or alphas_cumprod[t] (diffusers)."""
     backend, lam = tiny_backend, 0.6
-    record = []
-
-    class First:
-        needs_item_maps = False
-
-        def __call__(self, info):
-            record.append(info.latents.clone())
-
-    sample(backend, "cfgpp", steps=4, options={"scale": lam}, eta=0.0, callbacks=[First()])
-    sampler = AsyncSampler(backend, SamplingSettings(steps=4))
-    cond = sampler.encode(PROMPT, len(SEEDS), ["cfgpp"])
+    ours = sample(backend, "cfgpp", steps=4, options={"scale": lam, "noise_levels": noise_levels}, eta=0.0)
+    cond = AsyncSampler(backend, SamplingSettings(steps=4)).encode(PROMPT, len(SEEDS), ["cfgpp"])
+    alpha = official_alpha(noise_levels)
     x = backend.initial_latents(backend.generators(SEEDS), SIZE, SIZE)
-    t, t_next = 751, 501
-    eps = {name: backend.unet(x, t, encoder_hidden_states=text.tensors["encoder_hidden_states"]).sample
-           for name, text in (("uncond", cond.negative), ("cond", cond.positive))}
-    eps_lambda = eps["uncond"] + lam * (eps["cond"] - eps["uncond"])
-    alphas = backend.pipe.scheduler.alphas_cumprod
-    x0 = (x - (1 - alphas[t]).sqrt() * eps_lambda) / alphas[t].sqrt()
-    expected = alphas[t_next].sqrt() * x0 + (1 - alphas[t_next]).sqrt() * eps["uncond"]
-    torch.testing.assert_close(record[0], expected, rtol=1e-5, atol=1e-5)
+    for t in (751, 501, 251, 1):
+        eps = {name: backend.unet(x, t, encoder_hidden_states=text.tensors["encoder_hidden_states"]).sample
+               for name, text in (("uncond", cond.negative), ("cond", cond.positive))}
+        eps_lambda = eps["uncond"] + lam * (eps["cond"] - eps["uncond"])
+        x0 = (x - (1 - alpha(t)).sqrt() * eps_lambda) / alpha(t).sqrt()
+        x = alpha(t - 250).sqrt() * x0 + (1 - alpha(t - 250)).sqrt() * eps["uncond"]
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+    other = "diffusers" if noise_levels == "released" else "released"
+    assert (sample(backend, "cfgpp", steps=4, options={"noise_levels": other}, eta=0.0) - ours).abs().max() > 1e-3
+
+
+def test_cfgpp_refuses_unknown_noise_levels(tiny_backend):
+    with pytest.raises(ValueError, match="noise_levels='ddpm': choose released or diffusers"):
+        sample(tiny_backend, "cfgpp", options={"noise_levels": "ddpm"})
 
 
 # ---------------------------------------------------------------------------- Z-Sampling

@@ -195,9 +195,11 @@ class StableDiffusionBackend(Backend):
     def latent_gradients(self):
         return gradients_to_inputs(self.unet)
 
-    def _alpha(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """ᾱ per pixel; negative timesteps (diffusers' DDIM past the end) use final_alpha_cumprod."""
-        alphas = self.alphas[timesteps.clamp(0, len(self.alphas) - 1)]
+    def _alpha(self, timesteps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """ᾱ per pixel from ``table`` (None: the scheduler's alphas_cumprod); negative timesteps
+        (diffusers' DDIM past the end) use final_alpha_cumprod."""
+        table = self.alphas if table is None else table
+        alphas = table[timesteps.clamp(0, len(table) - 1)]
         return torch.where(timesteps < 0, self.final_alpha, alphas)
 
     def step(self, prediction: Prediction, latents, states, next_states, eta, generators):
@@ -206,8 +208,9 @@ class StableDiffusionBackend(Backend):
         noise = None
         if eta > 0:
             noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype).float()
-        alpha_t = self._alpha(torch.round(states).long())[:, None]
-        alpha_prev = self._alpha(torch.round(next_states).long())[:, None]
+        table = prediction.alphas_cumprod  # a rule's own indexing of the schedule (CFG++'s released one)
+        alpha_t = self._alpha(torch.round(states).long(), table)[:, None]
+        alpha_prev = self._alpha(torch.round(next_states).long(), table)[:, None]
         renoise = None if prediction.renoise is None else prediction.renoise.float()
         return ddim_step(
             output.float(), latents.float(), alpha_t, alpha_prev, eta, noise, self.prediction_type, renoise
