@@ -204,9 +204,19 @@ def test_seg_scale_zero_is_dm(tiny_backend, dm):
 
 
 def test_scfg_with_rates_fixed_to_one_is_dm(tiny_backend, dm):
-    """Every region's rate clamped to exactly 1 (the whole S-CFG path runs): CFG, i.e. dm."""
+    """Every region's rate clamped to exactly 1 (the whole S-CFG path runs): CFG, i.e. dm, with the
+    attention computed as S-CFG's call computes it (diffusers' AttnProcessor, as released)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
     fixed = sample(tiny_backend, "scfg", options={"rate_min": 1.0, "rate_max": 1.0})
-    torch.testing.assert_close(fixed, dm, rtol=1e-5, atol=1e-5)
+    saved = tiny_backend.unet.attn_processors
+    tiny_backend.unet.set_attn_processor(AttnProcessor())
+    try:
+        explicit_dm = sample(tiny_backend, "dm")
+    finally:
+        tiny_backend.unet.set_attn_processor(saved)
+    torch.testing.assert_close(fixed, explicit_dm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fixed, dm, rtol=1e-3, atol=1e-4)  # fused attention: rounding apart
     assert torch.equal(sample(tiny_backend, "scfg", options={"use_rate": False}), dm)
 
 
@@ -228,6 +238,39 @@ def test_scfg_rates_follow_the_regions(tiny_backend):
 
     unsmoothed = torch.tensor([[2.5] * 4] * 2 + [[0.8] * 4] * 2)
     torch.testing.assert_close(rate[0, 0], smooth(unsmoothed[None])[0])
+
+
+def test_scfg_regions_keep_every_tied_token_and_add_their_rates():
+    """The released tie rule (sd/utils.py ``get_mask``: ``ca_mask = (new_ca == max_ca)``; sd/sd.py:
+    ``(rate * mask_t).sum(dim=1)``): tokens 1 and 2 have the same map, the largest on the left half of
+    a 4×4 grid, token 3 on the right. Both tied tokens own the left half; each tied region's rate
+    counts its cells, and a left cell's rate is the two rates added."""
+    from asyndm.attention_control import AttentionRecord
+    from asyndm.baselines.scfg import SemanticCFG
+
+    side, tokens = 4, 4
+    left = torch.zeros(side, side)
+    left[:, :2] = 1
+    prompt = torch.full((side * side, tokens), 0.01)
+    prompt[:, 1] = prompt[:, 2] = 0.1 + left.flatten()  # an exact tie everywhere
+    prompt[:, 3] = 0.1 + (1 - left).flatten()
+    negative = torch.full((side * side, tokens), 0.3)
+    negative[:, 0] = 0.05  # the start token's share is small everywhere: all foreground
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn"
+    record = AttentionRecord({name + "1": side, name + "2": side})
+    record.maps[name + "1"] = torch.eye(side * side).expand(2, -1, -1)  # no self-attention smoothing
+    record.maps[name + "2"] = torch.stack([negative, prompt])
+    regions, foreground = SemanticCFG.regions(record, [4], latent_side=16)
+    assert torch.equal(regions[0, 1], left) and torch.equal(regions[0, 2], left)
+    assert torch.equal(regions[0, 3], 1 - left) and regions[0, 0].sum() == 0
+    assert torch.equal(foreground, torch.ones(1, 1, side, side))
+    delta = torch.zeros(1, 4, 16, 16)
+    delta[:, 0, :, :8] = 2.0  # ‖δ‖ = 2 on the left half, 1 on the right: foreground mean 1.5
+    delta[:, 0, :, 8:] = 1.0
+    rate = SemanticCFG(guidance_scale=5.0).rates(regions, foreground, delta)
+    # tokens 1 and 2: 1.5 / 2 = 0.75 each, added on the left: 1.5 (one token alone would be 0.75 → 0.8);
+    # token 3: 1.5 / 1 = 1.5 on the right
+    torch.testing.assert_close(rate, torch.full((1, 1, 16, 16), 1.5))
 
 
 # ---------------------------------------------------------------------------- every baseline

@@ -184,10 +184,10 @@ class StableDiffusionBackend(Backend):
 
     # --------------------------------------------------------------- the baselines' capabilities
 
-    def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2")):
+    def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2"), explicit=False):
         side = self.map_shape(latents)[0]
         names = [n for kind in kinds for n in layers_at(self.unet, side, sides, kind)]
-        return record_attention(self.unet, names, side)
+        return record_attention(self.unet, names, side, explicit)
 
     def blurred_self_attention(self, latents, sigma, places=("mid",)):
         return blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents), sigma)
