@@ -26,6 +26,12 @@ LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale"
 # The sampler's semantics, part of every run's identity: 2 = the reference's mask timing and curve
 # numerics (METHOD.md §3, §6). Folders sampled by an earlier version are refused, not resumed into.
 SAMPLER_SEMANTICS = 2
+# Guidance rules whose images changed after run folders existed, by revision. A folder whose
+# config.yaml records an older revision of a rule (none recorded: 1) and holds images of a variant
+# on that rule is refused, not resumed into (run.py); its other variants resume as before.
+# cfgpp 2: the official code's noise levels by default (variant.cfgpp.noise_levels, docs/baselines.md);
+# scfg 2: the released arithmetic to the last bit (explicit attention; regions tie as released).
+RULE_REVISIONS = {"cfgpp": 2, "scfg": 2}
 # The paper's variants, and the baselines experiment presets add with baselines=true (paper.yaml).
 PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
 PAPER_BASELINES = ("zsampling", "seg", "scfg", "cfgpp", "attend_excite")
@@ -84,6 +90,13 @@ def config_hash(cfg: DictConfig) -> str:
     subset["sampler_semantics"] = SAMPLER_SEMANTICS
     text = json.dumps(subset, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def stale_rule_variants(variants, revisions) -> list[str]:
+    """Those of ``variants`` whose guidance rule changed since ``revisions`` (a folder's recorded
+    ``rule_revisions``; a rule not in it: revision 1) were recorded."""
+    revisions = revisions or {}
+    return [v for v in variants if revisions.get(v.split("+")[-1], 1) < RULE_REVISIONS.get(v.split("+")[-1], 1)]
 
 
 def device_type(cfg: DictConfig) -> str:

@@ -68,6 +68,7 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     file of the run; copies images (and latents, masks) into ``out_dir``; writes config.yaml with
     shard 0 of 1, manifest.csv and status.json; then scores the run when its config asks for it.
     """
+    from . import config as config_mod
     from .outputs import atomic_write_bytes, write_table
     from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
     from .variants import ordered
@@ -85,6 +86,12 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
         listing = ", ".join(f"{f} ({c.get('config_hash')})" for f, c in configs.items())
         raise MergeError(f"the shard folders ran different settings (config hashes {listing}); "
                          f"merge shards of one run only")
+    run_variants = ordered(configs[shard_dirs[0]].variants)
+    stale = {str(f): config_mod.stale_rule_variants(run_variants, c.get("rule_revisions")) for f, c in configs.items()}
+    if len({tuple(v) for v in stale.values()}) > 1:
+        raise MergeError(f"the shard folders sampled {', '.join(sorted({v for vs in stale.values() for v in vs}))} "
+                         f"with different asyndm versions (rule_revisions in config.yaml: "
+                         f"{', '.join(f for f, vs in stale.items() if vs)} is older); rerun those shards")
     shards = {(i, n) for folder in shard_dirs for i, n in shards_in(folder)}
     counts = {n for _, n in shards}
     if len(counts) != 1:
