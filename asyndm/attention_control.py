@@ -6,7 +6,10 @@ backend (asyndm/backends/sd.py) and through it by the guidance rules of asyndm/b
 - ``record_attention``: the head-averaged attention probabilities of chosen layers in each model
   call, kept per layer (S-CFG's self- and cross-attention maps, Attend-and-Excite's cross-attention
   maps, with gradients where autograd is on). A forward hook on each ``Attention`` module recomputes
-  the probabilities from the layer's own inputs, so the layer's output is untouched.
+  the probabilities from the layer's own inputs, so the layer's output is untouched. With
+  ``explicit``, every layer on diffusers' default (fused) processor runs diffusers' ``AttnProcessor``
+  meanwhile: the model then uses exactly the recorded probabilities, as S-CFG's released processor
+  does, so maps and outputs are the released code's to the last bit.
 - ``blur_queries``: a Gaussian blur of the query map of chosen self-attention layers (SEG, Hong
   2024: blurring the queries blurs the attention weights). A forward hook on ``to_q``.
 - ``smoothing_kernel``: the 3×3 Gaussian smoothing both S-CFG and Attend-and-Excite apply to maps.
@@ -19,7 +22,7 @@ structure, as for the item maps (asyndm/attention.py).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -85,11 +88,29 @@ def _probabilities(attn, hidden_states: torch.Tensor, context: torch.Tensor | No
 
 
 @contextmanager
-def record_attention(unet, layer_names: list[str], latent_side: int):
+def explicit_attention(unet):
+    """Inside the block, the layers on diffusers' default ``AttnProcessor2_0`` (fused attention) run
+    ``AttnProcessor`` (softmax of ``get_attention_scores``, then ``bmm``), as S-CFG's released
+    ``MyCrossAttnProcessor`` computes every layer (sd/utils.py, ``register_attention_control``).
+    Other processors (the item-map capture) are kept; all are restored on exit."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    saved = unet.attn_processors
+    unet.set_attn_processor({name: AttnProcessor() if type(p) is AttnProcessor2_0 else p for name, p in saved.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
+
+
+@contextmanager
+def record_attention(unet, layer_names: list[str], latent_side: int, explicit: bool = False):
     """Record the head-averaged probabilities of ``layer_names`` in every call; remove the hooks on exit.
 
     Each call overwrites the previous call's maps. The maps keep their autograd graph when the call
-    runs with gradients (Attend-and-Excite differentiates them).
+    runs with gradients (Attend-and-Excite differentiates them). ``explicit``: the model computes
+    every layer from explicit probabilities meanwhile (``explicit_attention``), which are then
+    exactly the recorded ones; otherwise the fused attention's output differs from them by rounding.
     """
     grids = attention_grids(unet)
     modules = dict(unet.named_modules())
@@ -107,7 +128,8 @@ def record_attention(unet, layer_names: list[str], latent_side: int):
 
     handles = [modules[name].register_forward_hook(hook(name), with_kwargs=True) for name in layer_names]
     try:
-        yield record
+        with explicit_attention(unet) if explicit else nullcontext():
+            yield record
     finally:
         for handle in handles:
             handle.remove()
@@ -156,11 +178,16 @@ def blur_queries(unet, layer_names: list[str], latent_hw: tuple[int, int], sigma
 
 def smoothing_kernel(size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """The (size, size) kernel of the ``GaussianSmoothing`` that Attend-and-Excite and S-CFG release:
-    per axis exp(-((x - m) / (2σ))²), normalised. (Note 2σ where a textbook Gaussian has √2·σ.)"""
-    x = torch.arange(size, dtype=torch.float32)
-    axis = torch.exp(-(((x - (size - 1) / 2) / (2 * sigma)) ** 2))
-    kernel = axis[:, None] * axis[None, :]
-    return kernel / kernel.sum()
+    per axis exp(-((x - m) / (2σ))²), normalised. (Note 2σ where a textbook Gaussian has √2·σ.)
+    Built in the released order (each axis's factor with its 1/(σ√2π), multiplied on the meshgrid,
+    then normalised), so that it is the released kernel to the last bit: S-CFG's regions are exact
+    float32 ties of smoothed maps (scfg.py), which one rounding apart would break differently."""
+    grid = torch.meshgrid([torch.arange(size, dtype=torch.float32)] * 2, indexing="ij")
+    kernel = 1
+    for axis in grid:
+        factor = torch.exp(-(((axis - (size - 1) / 2) / (2 * sigma)) ** 2))
+        kernel = kernel * (1 / (sigma * math.sqrt(2 * math.pi)) * factor)
+    return kernel / torch.sum(kernel)
 
 
 def smooth(maps: torch.Tensor, size: int = 3, sigma: float = 0.5) -> torch.Tensor:

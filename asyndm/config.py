@@ -35,6 +35,12 @@ SEMANTICS_CHANGES = {
 SAMPLER_SEMANTICS = max(SEMANTICS_CHANGES)
 # The pipelines whose images follow the reference release (SD 1.x/2.x, the toy models): version 3 left them alone.
 RELEASE_PIPELINES = ("StableDiffusionPipeline",)
+# Guidance rules whose images changed after run folders existed, by revision. A folder whose
+# config.yaml records an older revision of a rule (none recorded: 1) and holds images of a variant
+# on that rule is refused, not resumed into (run.py); its other variants resume as before.
+# cfgpp 2: the official code's noise levels by default (variant.cfgpp.noise_levels, docs/baselines.md);
+# scfg 2: the released arithmetic to the last bit (explicit attention; regions tie as released).
+RULE_REVISIONS = {"cfgpp": 2, "scfg": 2}
 # The paper's variants, and the baselines experiment presets add with baselines=true (paper.yaml).
 PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
 PAPER_BASELINES = ("zsampling", "seg", "scfg", "cfgpp", "attend_excite")
@@ -102,6 +108,13 @@ def sampler_semantics(cfg: DictConfig) -> int:
     if cfg.curve.get("semantics", "reference") == "reference" and pipeline_class(cfg.model) in RELEASE_PIPELINES:
         return 2
     return SAMPLER_SEMANTICS
+
+
+def stale_rule_variants(variants, revisions) -> list[str]:
+    """Those of ``variants`` whose guidance rule changed since ``revisions`` (a folder's recorded
+    ``rule_revisions``; a rule not in it: revision 1) were recorded."""
+    revisions = revisions or {}
+    return [v for v in variants if revisions.get(v.split("+")[-1], 1) < RULE_REVISIONS.get(v.split("+")[-1], 1)]
 
 
 def device_type(cfg: DictConfig) -> str:

@@ -30,11 +30,15 @@ class Prediction:
     direction points along, where a rule separates the two (CFG++ uses the unconditional one).
     ``sample``: the latents the update starts from, where the rule moved them before predicting
     (Attend-and-Excite's latent update, Z-Sampling's zigzag); None keeps the loop's latents.
+    ``alphas_cumprod``: the ᾱ table a DDIM update reads at each cell's timestep (below 0: the
+    final ᾱ), where a rule indexes the noise schedule otherwise than the scheduler (CFG++'s released
+    indexing); None: the scheduler's own.
     """
 
     output: torch.Tensor
     renoise: torch.Tensor | None = None
     sample: torch.Tensor | None = None
+    alphas_cumprod: torch.Tensor | None = None
 
 
 @dataclass

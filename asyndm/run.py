@@ -66,6 +66,15 @@ def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semanti
                 f"run folder {run_dir} was sampled by an earlier asyndm whose images differ from this version's "
                 f"({changes}); resuming would mix the two: use another run_dir=... or remove the folder"
             )
+        sampled = sorted({f.stem.split("_", 1)[1] for f in (run_dir / "images").glob("*_*.png")})
+        stale = config_mod.stale_rule_variants(sampled, saved_cfg.get("rule_revisions"))
+        if previous is not None and stale:
+            raise ConfigError(
+                f"run folder {run_dir} holds {', '.join(stale)} images sampled by an earlier asyndm whose "
+                f"{' and '.join(sorted({v.split('+')[-1] for v in stale}))} arithmetic differs from this version's "
+                f"(docs/baselines.md); resuming would mix the two: remove their images/ and latents/ files "
+                f"(*_{stale[0]}.*) to sample them again, or use another run_dir=..."
+            )
         if previous is not None and previous != cfg_hash and saved_cfg.get("generator_device") not in (
             None, generator_device
         ):
@@ -137,6 +146,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     device = resolve_device(cfg.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.update(config_hash=cfg_hash, sampler_semantics=semantics,
+                    rule_revisions=dict(config_mod.RULE_REVISIONS),
                     resolved_device=str(device), generator_device=config_mod.generator_device(cfg),
                     model_source=source)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())

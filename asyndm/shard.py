@@ -27,6 +27,7 @@ from typing import Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
+from . import config as config_mod
 from .errors import AsyndmError
 from .plan import files_for, load_run_prompts, manifest_rows, plan_batches, shard_batches
 from .run_folder import atomic_write_bytes, manifest_name, shard_suffix, write_table
@@ -81,6 +82,12 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
         listing = ", ".join(f"{f} ({c.get('config_hash')})" for f, c in configs.items())
         raise MergeError(f"the shard folders ran different settings (config hashes {listing}); "
                          f"merge shards of one run only")
+    run_variants = ordered(configs[shard_dirs[0]].variants)
+    stale = {str(f): config_mod.stale_rule_variants(run_variants, c.get("rule_revisions")) for f, c in configs.items()}
+    if len({tuple(v) for v in stale.values()}) > 1:
+        raise MergeError(f"the shard folders sampled {', '.join(sorted({v for vs in stale.values() for v in vs}))} "
+                         f"with different asyndm versions (rule_revisions in config.yaml: "
+                         f"{', '.join(f for f, vs in stale.items() if vs)} is older); rerun those shards")
     shards = {(i, n) for folder in shard_dirs for i, n in shards_in(folder)}
     counts = {n for _, n in shards}
     if len(counts) != 1:

@@ -22,10 +22,14 @@ def test_blur_is_torchvision_gaussian_blur():
 
 
 def test_smoothing_kernel_is_the_released_one():
-    """GaussianSmoothing(3, 0.5) of Attend-and-Excite and S-CFG: per axis exp(-(x-1)²) at x = 0, 1, 2."""
+    """GaussianSmoothing(3, 0.5) of Attend-and-Excite and S-CFG: per axis exp(-(x-1)²) at x = 0, 1, 2;
+    to the last bit as released: c·exp(...) per axis with c = 1/(0.5·√(2π)), multiplied, normalised."""
     axis = torch.exp(-torch.tensor([1.0, 0.0, 1.0]))
     expected = axis[:, None] * axis[None, :]
     torch.testing.assert_close(smoothing_kernel(), expected / expected.sum())
+    factor = 1 / (0.5 * (2 * torch.pi) ** 0.5) * torch.exp(-(((torch.arange(3.0) - 1) / 1.0) ** 2))
+    released = factor[:, None] * factor[None, :]
+    assert torch.equal(smoothing_kernel(), released / torch.sum(released))
     ones = torch.ones(2, 5, 5)
     torch.testing.assert_close(smooth(ones), ones)
 
@@ -62,6 +66,26 @@ def test_capabilities_leave_the_model_as_they_found_it(tiny_backend, inputs):
     assert layers_in(backend.unet, ["mid"]) == ["mid_block.attentions.0.transformer_blocks.0.attn1"]
     assert set(record.grid_of.values()) == {16, 8} and record.layers("attn1", 8) == [
         "mid_block.attentions.0.transformer_blocks.0.attn1"]
+
+
+def test_explicit_attention_is_diffusers_attn_processor(tiny_backend, inputs):
+    """S-CFG's call (``explicit=True``): every layer computes softmax probabilities as diffusers'
+    ``AttnProcessor`` (the released processor's arithmetic), bit for bit; the processors come back."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    backend, (latents, cond) = tiny_backend, inputs
+    before = {name: type(p) for name, p in backend.unet.attn_processors.items()}
+    with torch.no_grad():
+        with backend.attention_probabilities(latents, [16, 8], explicit=True):
+            explicit = unet_call(backend, latents, cond)
+        saved = backend.unet.attn_processors
+        backend.unet.set_attn_processor(AttnProcessor())
+        try:
+            expected = unet_call(backend, latents, cond)
+        finally:
+            backend.unet.set_attn_processor(saved)
+    assert torch.equal(explicit, expected)
+    assert {name: type(p) for name, p in backend.unet.attn_processors.items()} == before
 
 
 def test_recorded_cross_attention_gives_the_item_maps(tiny_backend, inputs):

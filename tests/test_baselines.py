@@ -108,35 +108,49 @@ def test_attend_excite_update_lowers_its_loss(tiny_backend):
 
 
 def test_cfgpp_scale_zero_is_unconditional_ddim(tiny_backend):
-    """λ = 0: x̂0 and the direction both from ε_∅, i.e. DDIM on the empty prompt (diffusers, guidance 1)."""
-    ours = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0}, eta=1.0)
+    """λ = 0 on diffusers' noise levels: x̂0 and the direction both from ε_∅, i.e. DDIM on the empty
+    prompt (diffusers, guidance 1). On the released noise levels it is another sampler."""
+    ours = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0, "noise_levels": "diffusers"}, eta=1.0)
     reference = diffusers_latents(tiny_backend.pipe, 4, 1.0, 1.0, prompt="")
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    released = sample(tiny_backend, "cfgpp", steps=4, options={"scale": 0.0}, eta=1.0)
+    assert (released - reference).abs().max() > 1e-2
 
 
-def test_cfgpp_one_step_matches_the_paper_update(tiny_backend):
-    """x' = √ᾱ'·(x − √(1−ᾱ)·ε_λ)/√ᾱ + √(1−ᾱ')·ε_∅ (η = 0), written out with the plain UNet."""
+def official_alpha(noise_levels):
+    """ᾱ at timestep t as CFG++'s official ``latent_diffusion.py`` reads it, from SD's scaled-linear
+    betas written out: ``alphas_cumprod`` with 1.0 prepended (released) or as is (diffusers), and
+    ``final_alpha_cumprod`` (ᾱ[0]: set_alpha_to_one is false) below t = 0."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    table = torch.cat([torch.ones(1), alphas_cumprod]) if noise_levels == "released" else alphas_cumprod
+    return lambda t: table[t] if t >= 0 else alphas_cumprod[0]
+
+
+@pytest.mark.parametrize("noise_levels", ["released", "diffusers"])
+def test_cfgpp_equals_its_update_written_out(tiny_backend, noise_levels):
+    """η = 0, four steps by hand with the plain UNet, as the official ``BaseDDIMCFGpp.sample`` loop:
+    x̂0 = (x − √(1−ᾱ_t)·ε_λ)/√ᾱ_t, x' = √ᾱ_{t−250}·x̂0 + √(1−ᾱ_{t−250})·ε_∅ at t = 751, 501, 251, 1,
+    with ᾱ_t = alphas_cumprod[t − 1] (released: ᾱ(751) is ᾱ[750]) or alphas_cumprod[t] (diffusers)."""
     backend, lam = tiny_backend, 0.6
-    record = []
-
-    class First:
-        needs_item_maps = False
-
-        def __call__(self, info):
-            record.append(info.latents.clone())
-
-    sample(backend, "cfgpp", steps=4, options={"scale": lam}, eta=0.0, callbacks=[First()])
-    sampler = AsyncSampler(backend, SamplingSettings(steps=4))
-    cond = sampler.encode(PROMPT, len(SEEDS), ["cfgpp"])
+    ours = sample(backend, "cfgpp", steps=4, options={"scale": lam, "noise_levels": noise_levels}, eta=0.0)
+    cond = AsyncSampler(backend, SamplingSettings(steps=4)).encode(PROMPT, len(SEEDS), ["cfgpp"])
+    alpha = official_alpha(noise_levels)
     x = backend.initial_latents(backend.generators(SEEDS), SIZE, SIZE)
-    t, t_next = 751, 501
-    eps = {name: backend.unet(x, t, encoder_hidden_states=text.tensors["encoder_hidden_states"]).sample
-           for name, text in (("uncond", cond.negative), ("cond", cond.positive))}
-    eps_lambda = eps["uncond"] + lam * (eps["cond"] - eps["uncond"])
-    alphas = backend.pipe.scheduler.alphas_cumprod
-    x0 = (x - (1 - alphas[t]).sqrt() * eps_lambda) / alphas[t].sqrt()
-    expected = alphas[t_next].sqrt() * x0 + (1 - alphas[t_next]).sqrt() * eps["uncond"]
-    torch.testing.assert_close(record[0], expected, rtol=1e-5, atol=1e-5)
+    for t in (751, 501, 251, 1):
+        eps = {name: backend.unet(x, t, encoder_hidden_states=text.tensors["encoder_hidden_states"]).sample
+               for name, text in (("uncond", cond.negative), ("cond", cond.positive))}
+        eps_lambda = eps["uncond"] + lam * (eps["cond"] - eps["uncond"])
+        x0 = (x - (1 - alpha(t)).sqrt() * eps_lambda) / alpha(t).sqrt()
+        x = alpha(t - 250).sqrt() * x0 + (1 - alpha(t - 250)).sqrt() * eps["uncond"]
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+    other = "diffusers" if noise_levels == "released" else "released"
+    assert (sample(backend, "cfgpp", steps=4, options={"noise_levels": other}, eta=0.0) - ours).abs().max() > 1e-3
+
+
+def test_cfgpp_refuses_unknown_noise_levels(tiny_backend):
+    with pytest.raises(ValueError, match="noise_levels='ddpm': choose released or diffusers"):
+        sample(tiny_backend, "cfgpp", options={"noise_levels": "ddpm"})
 
 
 # ---------------------------------------------------------------------------- Z-Sampling
@@ -190,9 +204,19 @@ def test_seg_scale_zero_is_dm(tiny_backend, dm):
 
 
 def test_scfg_with_rates_fixed_to_one_is_dm(tiny_backend, dm):
-    """Every region's rate clamped to exactly 1 (the whole S-CFG path runs): CFG, i.e. dm."""
+    """Every region's rate clamped to exactly 1 (the whole S-CFG path runs): CFG, i.e. dm, with the
+    attention computed as S-CFG's call computes it (diffusers' AttnProcessor, as released)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
     fixed = sample(tiny_backend, "scfg", options={"rate_min": 1.0, "rate_max": 1.0})
-    torch.testing.assert_close(fixed, dm, rtol=1e-5, atol=1e-5)
+    saved = tiny_backend.unet.attn_processors
+    tiny_backend.unet.set_attn_processor(AttnProcessor())
+    try:
+        explicit_dm = sample(tiny_backend, "dm")
+    finally:
+        tiny_backend.unet.set_attn_processor(saved)
+    torch.testing.assert_close(fixed, explicit_dm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fixed, dm, rtol=1e-3, atol=1e-4)  # fused attention: rounding apart
     assert torch.equal(sample(tiny_backend, "scfg", options={"use_rate": False}), dm)
 
 
@@ -214,6 +238,39 @@ def test_scfg_rates_follow_the_regions(tiny_backend):
 
     unsmoothed = torch.tensor([[2.5] * 4] * 2 + [[0.8] * 4] * 2)
     torch.testing.assert_close(rate[0, 0], smooth(unsmoothed[None])[0])
+
+
+def test_scfg_regions_keep_every_tied_token_and_add_their_rates():
+    """The released tie rule (sd/utils.py ``get_mask``: ``ca_mask = (new_ca == max_ca)``; sd/sd.py:
+    ``(rate * mask_t).sum(dim=1)``): tokens 1 and 2 have the same map, the largest on the left half of
+    a 4×4 grid, token 3 on the right. Both tied tokens own the left half; each tied region's rate
+    counts its cells, and a left cell's rate is the two rates added."""
+    from asyndm.attention_control import AttentionRecord
+    from asyndm.baselines.scfg import SemanticCFG
+
+    side, tokens = 4, 4
+    left = torch.zeros(side, side)
+    left[:, :2] = 1
+    prompt = torch.full((side * side, tokens), 0.01)
+    prompt[:, 1] = prompt[:, 2] = 0.1 + left.flatten()  # an exact tie everywhere
+    prompt[:, 3] = 0.1 + (1 - left).flatten()
+    negative = torch.full((side * side, tokens), 0.3)
+    negative[:, 0] = 0.05  # the start token's share is small everywhere: all foreground
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn"
+    record = AttentionRecord({name + "1": side, name + "2": side})
+    record.maps[name + "1"] = torch.eye(side * side).expand(2, -1, -1)  # no self-attention smoothing
+    record.maps[name + "2"] = torch.stack([negative, prompt])
+    regions, foreground = SemanticCFG.regions(record, [4], latent_side=16)
+    assert torch.equal(regions[0, 1], left) and torch.equal(regions[0, 2], left)
+    assert torch.equal(regions[0, 3], 1 - left) and regions[0, 0].sum() == 0
+    assert torch.equal(foreground, torch.ones(1, 1, side, side))
+    delta = torch.zeros(1, 4, 16, 16)
+    delta[:, 0, :, :8] = 2.0  # ‖δ‖ = 2 on the left half, 1 on the right: foreground mean 1.5
+    delta[:, 0, :, 8:] = 1.0
+    rate = SemanticCFG(guidance_scale=5.0).rates(regions, foreground, delta)
+    # tokens 1 and 2: 1.5 / 2 = 0.75 each, added on the left: 1.5 (one token alone would be 0.75 → 0.8);
+    # token 3: 1.5 / 1 = 1.5 on the right
+    torch.testing.assert_close(rate, torch.full((1, 1, 16, 16), 1.5))
 
 
 # ---------------------------------------------------------------------------- every baseline

@@ -458,6 +458,22 @@ def test_a_folder_sampled_before_the_reference_semantics_is_refused(cli_main, tm
     one_line_error(*cli_main(BAD_ARGS), "sampled by an earlier asyndm")
 
 
+def test_a_folder_with_cfgpp_images_of_the_old_arithmetic_is_refused(cli_main, tmp_path):
+    """CFG++'s default noise levels changed (config.RULE_REVISIONS): a folder whose config.yaml records
+    no rule revisions and holds images of a variant on CFG++'s rule is refused, not resumed into;
+    with the current revisions recorded the check passes (the settings' own check speaks next)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "images").mkdir(parents=True)
+    (run_dir / "images" / "00000_asyndm+cfgpp.png").write_bytes(b"")
+    (run_dir / "config.yaml").write_text("config_hash: abc1234567\nsampler_semantics: 2\n")
+    code, err, _ = cli_main(BAD_ARGS)
+    assert code == 2 and "holds asyndm+cfgpp images sampled by an earlier asyndm whose cfgpp arithmetic" in err
+    (run_dir / "config.yaml").write_text("config_hash: abc1234567\nsampler_semantics: 2\n"
+                                         "rule_revisions: {cfgpp: 2, scfg: 2}\n")
+    code, err, _ = cli_main(BAD_ARGS)
+    assert code == 2 and "earlier asyndm" not in err and "holds a run with other settings" in err
+
+
 @pytest.mark.parametrize("overrides,mode", [
     (["prompts=legacy_animal"], "legacy"),
     (["prompts=custom", "prompts.file=x.json", "prompts.items_file=x_item.json"], "legacy"),

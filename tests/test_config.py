@@ -81,7 +81,7 @@ def test_variant_options_reach_the_rule_and_the_hash(tmp_path):
 
     default, changed = _composed(), _composed("variant.cfgpp.scale=0.4", "variant.seg.layers=[mid,up]")
     settings = sampling_settings(changed)
-    assert settings.variant_options["cfgpp"] == {"scale": 0.4}
+    assert settings.variant_options["cfgpp"] == {"scale": 0.4, "noise_levels": "released"}
     sampler = AsyncSampler.__new__(AsyncSampler)  # the rule needs no model for these three
     sampler.backend, sampler.settings = None, settings
     assert sampler.guidance("cfgpp").scale == 0.4 and sampler.guidance("asyndm+cfgpp").scale == 0.4
@@ -92,6 +92,7 @@ def test_variant_options_reach_the_rule_and_the_hash(tmp_path):
     assert config_hash(default) == config_hash(without) == config_hash(_composed("variants=[dm,cfgpp,seg]"))
     assert config_hash(changed) != config_hash(default)
     assert config_hash(_composed("variant.cfgpp.scale=0.6")) == config_hash(default)  # set to its default
+    assert config_hash(_composed("variant.cfgpp.noise_levels=diffusers")) != config_hash(default)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -207,10 +207,13 @@ class Backend(ABC):
     # Each is a context manager that leaves the model as it found it. A family that lacks one
     # raises, naming it; only the guidance rules that need it (asyndm/baselines/) call it.
 
-    def attention_probabilities(self, latents: torch.Tensor, sides: list[int], kinds=("attn1", "attn2")):
+    def attention_probabilities(self, latents: torch.Tensor, sides: list[int], kinds=("attn1", "attn2"),
+                                explicit: bool = False):
         """Record, in each model call inside the block, the head-averaged attention probabilities of the
         self- (``attn1``) and/or cross-attention (``attn2``) layers whose grid side is in ``sides``:
-        yields an ``AttentionRecord`` (asyndm/attention_control.py). S-CFG and Attend-and-Excite."""
+        yields an ``AttentionRecord`` (asyndm/attention_control.py). S-CFG and Attend-and-Excite.
+        ``explicit``: every attention layer computes its output from explicit probabilities meanwhile
+        (S-CFG's released arithmetic) instead of the fused kernel."""
         raise NotImplementedError(f"the {self.family} backend cannot record attention probabilities")
 
     def blurred_self_attention(self, latents: torch.Tensor, sigma: float, places=("mid",)):

@@ -196,10 +196,10 @@ class StableDiffusionBackend(Backend):
 
     # --------------------------------------------------------------- the baselines' capabilities
 
-    def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2")):
+    def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2"), explicit=False):
         side = self.map_shape(latents)[0]
         names = [n for kind in kinds for n in layers_at(self.unet, side, sides, kind)]
-        return record_attention(self.unet, names, side)
+        return record_attention(self.unet, names, side, explicit)
 
     def blurred_self_attention(self, latents, sigma, places=("mid",)):
         return blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents), sigma)
@@ -207,9 +207,11 @@ class StableDiffusionBackend(Backend):
     def latent_gradients(self):
         return gradients_to_inputs(self.unet)
 
-    def _alpha(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """ᾱ per pixel; negative timesteps (diffusers' DDIM past the end) use final_alpha_cumprod."""
-        alphas = self.alphas[timesteps.clamp(0, len(self.alphas) - 1)]
+    def _alpha(self, timesteps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """ᾱ per pixel from ``table`` (None: the scheduler's alphas_cumprod); negative timesteps
+        (diffusers' DDIM past the end) use final_alpha_cumprod."""
+        table = self.alphas if table is None else table
+        alphas = table[timesteps.clamp(0, len(table) - 1)]
         return torch.where(timesteps < 0, self.final_alpha, alphas)
 
     def step(self, prediction: Prediction, latents, states, next_states, eta, generators):
@@ -219,8 +221,9 @@ class StableDiffusionBackend(Backend):
         noise = None
         if eta > 0:
             noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype)
-        alpha_t = self._alpha(torch.round(states).long())[:, None]  # (B, 1, h, w) float32
-        alpha_prev = self._alpha(torch.round(next_states).long())[:, None]
+        table = prediction.alphas_cumprod  # a rule's own indexing of the schedule (CFG++'s released one)
+        alpha_t = self._alpha(torch.round(states).long(), table)[:, None]  # (B, 1, h, w) float32
+        alpha_prev = self._alpha(torch.round(next_states).long(), table)[:, None]
         if self.step_arithmetic == "release":  # float32 whatever the model's dtype
             output, start = output.float(), latents.float()
             noise = None if noise is None else noise.float()

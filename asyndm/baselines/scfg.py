@@ -27,7 +27,7 @@ class SemanticCFG:
     S, S², S³, S⁴; kept as released), coarser grids are bilinearly upsampled to latent/R, every map
     is smoothed (3×3, σ = 0.5) and divided by its spatial mean, and the layers are averaged.
     Each cell of the latent/R grid belongs to the prompt token (of all 77) with the largest map
-    (from the prompt's rows); the foreground is where the start token's map is not the larger of
+    (from the prompt's rows), to every one of them where several tie exactly (``regions``); the foreground is where the start token's map is not the larger of
     [start token, all other tokens summed] (from the *negative* prompt's rows, as released).
     Rates: r_k = mean‖δ‖ over the foreground / mean‖δ‖ over region k (δ = ε_c − ε_∅, norm over
     channels, regions upsampled to the latent by nearest neighbour), painted on region k, clamped
@@ -41,7 +41,9 @@ class SemanticCFG:
 
     Pairing: no extra noise and no extra model call; the attention maps of the CFG call are
     recorded (the backend's ``attention_probabilities``), which costs memory for the self-attention
-    maps of the latent/4 and latent/8 grids.
+    maps of the latent/4 and latent/8 grids, and the call computes every attention layer from
+    explicit probabilities, as the released processor does (no fused attention kernel), so that
+    the regions are the released code's bit for bit, ties included.
     """
 
     guidance_scale: float = field(default=5.0, metadata=RUN_SETTING)
@@ -61,7 +63,8 @@ class SemanticCFG:
             return Prediction(positive if uncond is None else uncond + self.guidance_scale * (positive - uncond))
         latent_side = latents.shape[-2]
         ratios = [r for r in (self.mask_ratio * 2**i for i in range(4)) if r <= 8]  # R, 2R, ... ≤ 8, as released
-        with context.backend.attention_probabilities(latents, [latent_side // r for r in ratios]) as record:
+        sides = [latent_side // r for r in ratios]
+        with context.backend.attention_probabilities(latents, sides, explicit=True) as record:  # released arithmetic
             uncond, positive = guidance_passes(model, latents, states, cond)
         tokens, foreground = self.regions(record, ratios, latent_side)
         rate = self.rates(tokens, foreground, positive - uncond)
@@ -69,24 +72,37 @@ class SemanticCFG:
 
     @staticmethod
     def regions(record, ratios: list[int], latent_side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, g, g) one-hot token regions and (B, 1, g, g) foreground on the finest grid g."""
+        """(B, L, g, g) token regions and (B, 1, g, g) foreground on the finest grid g (``get_mask``).
+
+        A cell belongs to *every* token whose score equals the cell's maximum: a float32 tie marks
+        all the tied tokens (``ca_mask = (new_ca == max_ca)``), and ``rates`` then counts the cell in
+        each of their regions and adds their rates there, as the released loop does. Ties are exact
+        equalities, so the scores are computed in the released order to the last bit: the layers of
+        one grid stacked and summed (``.sum(1)``), S + S² + S² + S² added left to right, the released
+        smoothing kernel, and (``__call__``) the model's attention from explicit probabilities.
+        """
         token_sum = fore_sum = 0
         layers = 0
         for r in ratios:
             side = latent_side // r
-            for cross in record.layers("attn2", side):
-                self_map = record.maps[cross[: -len("attn2")] + "attn1"].float()  # (2B, g², g²) same block
-                smoothed = (self_map + 3 * self_map @ self_map) / 4
-                maps = smoothed @ record.maps[cross].float()  # (2B, g², L)
-                maps = maps.transpose(1, 2).reshape(len(maps), -1, side, side)
-                if r > ratios[0]:
-                    maps = F.interpolate(maps, scale_factor=r // ratios[0], mode="bilinear")
-                batch, length = maps.shape[:2]
-                maps = smooth(maps.flatten(0, 1)).view(batch, length, *maps.shape[-2:])
-                token_sum = token_sum + maps / (maps.mean(dim=(2, 3), keepdim=True) + 1e-8)
-                fore = torch.stack([maps[:, 0], maps[:, 1:].sum(dim=1)], dim=1)
-                fore_sum = fore_sum + fore / fore.mean(dim=(2, 3), keepdim=True)
-                layers += 1
+            crosses = record.layers("attn2", side)
+            count = len(crosses)
+            stacked = lambda names: torch.stack([record.maps[n] for n in names], 1).flatten(0, 1).float()  # noqa: E731
+            self_map = stacked([c[: -len("attn2")] + "attn1" for c in crosses])  # (2B·n, g², g²), as released
+            square = self_map @ self_map
+            smoothed = (self_map + square + square + square) / 4  # the released loop adds S² three times
+            maps = smoothed @ stacked(crosses)  # (2B·n, g², L)
+            maps = maps.transpose(1, 2).reshape(len(maps), -1, side, side)
+            if r > ratios[0]:
+                maps = F.interpolate(maps, scale_factor=r // ratios[0], mode="bilinear")
+            rows, length = maps.shape[:2]
+            maps = smooth(maps.flatten(0, 1)).view(rows, length, *maps.shape[-2:])
+            normed = maps / (maps.mean(dim=(2, 3), keepdim=True) + 1e-8)
+            token_sum = token_sum + normed.view(-1, count, *normed.shape[1:]).sum(1)
+            fore = torch.stack([maps[:, 0], maps[:, 1:].sum(dim=1)], dim=1)
+            fore = fore / fore.mean(dim=(2, 3), keepdim=True)
+            fore_sum = fore_sum + fore.view(-1, count, *fore.shape[1:]).sum(1)
+            layers += count
         _, token_maps = (token_sum / layers).chunk(2)  # the prompt's rows
         fore_maps, _ = (fore_sum / layers).chunk(2)  # the negative prompt's rows, as released
         token_regions = (token_maps == token_maps.max(dim=1, keepdim=True).values).float()
