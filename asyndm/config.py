@@ -9,9 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .curves import CURVES, SEMANTICS
 from .errors import ConfigError
-from .sampler import MASK_MODES
+from .settings import CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, register_variant_options
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
@@ -194,19 +193,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("paper_variants", lambda baselines: paper_variants(bool(baselines)))
 
 
-def register_variant_configs() -> None:
-    """Config option ``variant=all``: every conf/variant/<name>.yaml, each at ``variant.<name>``.
-
-    Generated from the folder, so a new baseline's config file joins every run's config (and
-    ``variant.<name>.<option>=...`` works on the command line) without an edit to config.yaml.
-    """
-    from hydra.core.config_store import ConfigStore
-
-    names = sorted(path.stem for path in (CONF_DIR / "variant").glob("*.yaml"))
-    ConfigStore.instance().store(group="variant", name="all", node={"defaults": names})
-
-
-register_variant_configs()
+register_variant_options()
 
 
 def _require(condition: bool, message: str) -> None:
@@ -237,7 +224,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(str(err)) from None
     _require(cfg.curve.name in CURVES, f"unknown curve '{cfg.curve.name}': choose curve=bin, curve=lin or curve=exp")
     semantics = cfg.curve.get("semantics", "reference")
-    _require(semantics in SEMANTICS, f"curve.semantics={semantics}: choose {' or '.join(SEMANTICS)} (default reference)")
+    _require(semantics in CURVE_SEMANTICS, f"curve.semantics={semantics}: choose {' or '.join(CURVE_SEMANTICS)} (default reference)")
     _require(cfg.mask.name in MASK_MODES, f"unknown mask mode '{cfg.mask.name}': choose mask=dynamic or mask=static")
     _require(cfg.mask.threshold > 0, f"mask.threshold={cfg.mask.threshold}: must be positive (default 1.0)")
     res = cfg.mask.resolution
@@ -254,7 +241,7 @@ def validate(cfg: DictConfig) -> None:
     _require(s.eta >= 0, f"sample.eta={s.eta}: must be >= 0 (DDIM: 0 deterministic, paper: 1.0)")
     _require(s.batch_size >= 1, f"sample.batch_size={s.batch_size}: must be at least 1")
     _require(s.images_per_prompt >= 1, f"sample.images_per_prompt={s.images_per_prompt}: must be at least 1")
-    _require(cfg.precision in ("fp32", "fp16", "bf16"), f"precision={cfg.precision}: choose fp32, fp16 or bf16")
+    _require(cfg.precision in PRECISIONS, f"precision={cfg.precision}: choose {', '.join(PRECISIONS)}")
     for side in ("height", "width"):
         value = s.get(side)
         _require(value is None or (isinstance(value, int) and value > 0),

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-CURVES = ("bin", "lin", "exp")
-SEMANTICS = ("reference", "refit")
+from .settings import CURVE_SEMANTICS as SEMANTICS
+from .settings import CURVES
+
 STATE_DTYPES = {"reference": torch.float32, "refit": torch.float64}
 
 

@@ -13,7 +13,7 @@ for rules that take extra steps of their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
@@ -109,3 +109,10 @@ class ClassifierFreeGuidance:
     def __call__(self, model, latents, states, cond, context=None) -> Prediction:
         uncond, positive = guidance_passes(model, latents, states, cond, negative=self.guided)
         return Prediction(positive if uncond is None else uncond + self.scale * (positive - uncond))
+
+
+def family_guidance(backend, guidance_scale: float, options: Mapping[str, Any]) -> GuidanceRule:
+    """The model family's own guidance at the run's scale (classifier-free guidance for SD; Flux-dev
+    embeds the scale and adds classifier-free guidance at ``true_cfg_scale``): the rule of ``dm``,
+    ``dm_concave`` and ``asyndm`` (asyndm/variants.py)."""
+    return backend.guidance_rule(guidance_scale, float(options.get("true_cfg_scale", 1.0)))

@@ -25,10 +25,10 @@ from .callbacks import MeanItemMaps, StepInfo
 from .curves import Curves
 from .guidance import GuidanceRule
 from .masks import masks_from_attention
+from .settings import MASK_MODES
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule
 from .variants import VARIANTS, get_variant, oracle_variants
 
-MASK_MODES = ("dynamic", "static")
 Callback = Callable[[StepInfo], None]
 
 

@@ -1,44 +1,43 @@
 """Variants: a schedule (which pixels follow which curve) composed with a guidance rule (§2).
 
-The paper's three paired variants are registered here, the baselines in asyndm/baselines/ (one
-module each, found by that package). Every registered variant is also a guidance rule for the
-others' schedules: ``"asyndm+cfgpp"`` is asyndm's asynchronous schedule with CFG++'s rule (and
+The registry is filled from ``asyndm.variants`` entry points (asyndm/plugins.py): the paper's variants
+below and the baselines (asyndm/options/) are declared in pyproject.toml exactly as a plugin's
+variant would be. A ``Variant`` names its rule as ``"module:factory"``, imported only when it samples,
+so listing and checking variants needs no torch. Every registered variant is also a guidance rule for
+the others' schedules: ``"asyndm+cfgpp"`` is asyndm's asynchronous schedule with CFG++'s rule (and
 CFG++'s options, ``variant.cfgpp.*``). All variants sample from the same noise (METHOD.md §7).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .guidance import GuidanceRule
+from . import plugins
 
 SCHEDULE_KINDS = ("sync", "concave", "async")
 MASK_SOURCES = ("attention", "oracle")
-RUN_SETTING = {"run_setting": True}  # metadata of a rule's field set by the run or the backend, not an option
 COMPOSE = "+"  # "<schedule variant>+<guidance variant>"
-
-
-def family_guidance(backend, guidance_scale: float, options: Mapping[str, Any]) -> GuidanceRule:
-    """The model family's own guidance at the run's scale (classifier-free guidance for SD; Flux-dev
-    embeds the scale and adds classifier-free guidance at ``true_cfg_scale``)."""
-    return backend.guidance_rule(guidance_scale, float(options.get("true_cfg_scale", 1.0)))
+FAMILY_GUIDANCE = "asyndm.guidance:family_guidance"
+# The paper's variants first, in this order; every other registered variant after them, by name.
+FIRST = ("dm", "dm_concave", "asyndm", "asyndm_oracle")
 
 
 @dataclass(frozen=True)
 class Variant:
     """``schedule``: ``sync`` (the scheduler's timesteps), ``concave`` (every pixel on the concave
     curve with the largest k) or ``async`` (item pixels concave with their own k, the rest linear).
-    ``guidance(backend, guidance_scale, options)`` builds the rule from the backend, the run's
-    scale and the variant's own options (``variant.<options_name>.*`` in the config).
-    ``options``: a dataclass whose fields are those options with their defaults (None: no options);
-    conf/variant/<name>.yaml lists the same defaults, for the command line."""
+    ``rule``: ``"module:factory"`` (or the factory itself) with ``factory(backend, guidance_scale,
+    options)`` building the guidance rule from the backend, the run's scale and the variant's options
+    (``variant.<options_name>.*`` in the config); the default is the model family's own guidance.
+    ``options``: the dataclass of those options with their defaults (None: no options)."""
 
     name: str
     schedule: str
     description: str
-    guidance: Callable[[Any, float, Mapping[str, Any]], GuidanceRule] = family_guidance
+    rule: str | Callable[..., Any] = FAMILY_GUIDANCE
     options: type | None = None
     options_name: str = ""  # whose options the rule reads; "" = the variant's own name
     masks: str = "attention"  # an async schedule's masks: the run's mask mode, or "oracle" (asyndm/oracle.py)
@@ -51,20 +50,30 @@ class Variant:
         if not self.options_name:
             object.__setattr__(self, "options_name", self.name)
 
+    def guidance(self, backend, guidance_scale: float, options: Mapping[str, Any]):
+        """The guidance rule for this backend, scale and options (imports the rule's module)."""
+        factory = self.rule
+        if isinstance(factory, str):
+            module, attribute = factory.split(":")
+            factory = getattr(importlib.import_module(module), attribute)
+        return factory(backend, guidance_scale, options)
+
     def defaults(self) -> dict[str, Any]:
         """The options' defaults (lists for tuples), as the config holds them."""
         if self.options is None:
             return {}
         return {f.name: _plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(self.options) if not f.metadata.get("run_setting")}
+                for f in dataclasses.fields(self.options)}
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise naming an option the variant does not take."""
+        """Raise naming an option the variant does not take, or a value its options refuse."""
         unknown = sorted(set(options) - set(self.defaults()))
         if unknown:
             takes = ", ".join(self.defaults()) or "no options"
             raise ValueError(f"variant.{self.options_name}.{unknown[0]}: {self.options_name} has no option "
                              f"{unknown[0]!r}; it takes {takes}")
+        if self.options is not None:
+            self.options(**options)  # its own checks (choices, ranges)
 
 
 def _plain(value):
@@ -75,24 +84,80 @@ def _plain(value):
     return value
 
 
-VARIANTS: dict[str, Variant] = {}
+DM = Variant("dm", "sync", "plain synchronous sampling on the scheduler's own timesteps")
+DM_CONCAVE = Variant("dm_concave", "concave", "every pixel on the concave curve with the largest item k")
+ASYNDM = Variant("asyndm", "async", "item pixels on the concave curve with their own k, the rest linear")
+ASYNDM_ORACLE = Variant("asyndm_oracle", "async", "asyndm's schedule on static masks read off dm's finished image of "
+                        "the same seed by the prompt set's prompts.oracle_masks (toy worlds): an upper bound",
+                        masks="oracle")
+
+
+class _Registry(dict):
+    """name → Variant, filled from the installed ``asyndm.variants`` entry points on first use (so that
+    importing this module imports no plugin)."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        declared = plugins.declared(plugins.VARIANTS)
+        names = [n for n in FIRST if n in declared] + sorted(n for n in declared if n not in FIRST)
+        added = dict(self)  # registered in this process before the first use
+        self.clear()
+        for name in names:
+            variant = plugins.load(plugins.VARIANTS, name)
+            if not isinstance(variant, Variant) or variant.name != name or COMPOSE in name:
+                raise plugins.PluginError(f"{plugins.VARIANTS} entry '{name}' ({declared[name].value}) must name an "
+                                          f"asyndm.variants.Variant called '{name}' (no '{COMPOSE}' in it)")
+            dict.__setitem__(self, name, variant)
+        self.update(added)
+
+    def __getitem__(self, name):
+        self._load()
+        return dict.__getitem__(self, name)
+
+    def __contains__(self, name):
+        self._load()
+        return dict.__contains__(self, name)
+
+    def __iter__(self):
+        self._load()
+        return dict.__iter__(self)
+
+    def __len__(self):
+        self._load()
+        return dict.__len__(self)
+
+    def get(self, name, default=None):
+        self._load()
+        return dict.get(self, name, default)
+
+    def items(self):
+        self._load()
+        return dict.items(self)
+
+    def values(self):
+        self._load()
+        return dict.values(self)
+
+    def keys(self):
+        self._load()
+        return dict.keys(self)
+
+
+VARIANTS: dict[str, Variant] = _Registry()
 
 
 def register_variant(variant: Variant) -> Variant:
+    """Register a variant in this process (a notebook, a test); installed packages use entry points."""
     if COMPOSE in variant.name:
         raise ValueError(f"variant name {variant.name!r}: '{COMPOSE}' composes variants; choose another name")
     if variant.name in VARIANTS and VARIANTS[variant.name] != variant:
         raise ValueError(f"variant name {variant.name!r} is registered twice; rename one")
-    VARIANTS[variant.name] = variant
+    dict.__setitem__(VARIANTS, variant.name, variant)
     return variant
-
-
-register_variant(Variant("dm", "sync", "plain synchronous sampling on the scheduler's own timesteps"))
-register_variant(Variant("dm_concave", "concave", "every pixel on the concave curve with the largest item k"))
-register_variant(Variant("asyndm", "async", "item pixels on the concave curve with their own k, the rest linear"))
-register_variant(Variant("asyndm_oracle", "async", "asyndm's schedule on static masks read off dm's finished image of "
-                         "the same seed by the prompt set's prompts.oracle_masks (toy worlds): an upper bound",
-                         masks="oracle"))
 
 
 def unknown_variant(name: str, where: str = "") -> str | None:
@@ -115,8 +180,9 @@ def get_variant(name: str) -> Variant:
         raise ValueError(problem)
     schedule, rule = name.split(COMPOSE)
     by_rule = VARIANTS[rule]
-    return Variant(name, VARIANTS[schedule].schedule, f"{schedule}'s schedule with {rule}'s guidance",
-                   by_rule.guidance, by_rule.options, by_rule.options_name, VARIANTS[schedule].masks)
+    return Variant(name, VARIANTS[schedule].schedule,
+                   f"{schedule}'s schedule with {rule}'s guidance", by_rule.rule, by_rule.options,
+                   by_rule.options_name, VARIANTS[schedule].masks)
 
 
 def oracle_variants(names: Iterable[str]) -> list[str]:
@@ -128,6 +194,3 @@ def ordered(names: Iterable[str]) -> list[str]:
     """``names`` in registry order (dm first), composed variants after, in the order given."""
     names = list(names)
     return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
-
-
-from . import baselines  # noqa: E402,F401  - registers every baseline module (after the registry exists)

@@ -19,7 +19,6 @@ import json
 import torch
 from PIL import Image
 
-from evaluation.registry import register
 from evaluation.vlm import check_vocab, load_vlm, pick_device_dtype, resolve_model
 
 F1 = "bertscore/f1"
@@ -102,7 +101,6 @@ class BertScorer:
         return precision, recall, f1
 
 
-@register("caption_bertscore")
 class CaptionBertScore:
     """BERTScore F1 between each prompt and the VLM's caption of its image (the paper's BERTScore)."""
 

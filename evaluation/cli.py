@@ -32,7 +32,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], conf_dir: Path = CONF
     from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
 
-    from asyndm.cli import unknown_group_choice
+    from asyndm.overrides import unknown_group_choice
 
     problem = unknown_group_choice(list(overrides))
     if problem:

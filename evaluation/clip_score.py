@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from evaluation.registry import register
 
 METRIC = "clip/cosine_raw"
 TINY = "tiny"
@@ -98,7 +97,6 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@register("clip")
 class ClipScore:
     """Raw image-text cosine from an open_clip model (default: the paper's ViT-H-14, LAION-2B)."""
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from evaluation.registry import register
 from evaluation.score_cache import ScoreCache
 from evaluation.weights import hub_file, local_file, looks_like_path
 
@@ -68,7 +67,6 @@ class HpsTransform:
         return (pixels - self.mean) / self.std
 
 
-@register("hpsv2")
 class HpsV2Score:
     """HPSv2 (default v2.1) preference score per (image, prompt)."""
 

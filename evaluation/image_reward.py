@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from evaluation.registry import register
 from evaluation.score_cache import ScoreCache
 from evaluation.weights import hub_file, local_file, looks_like_path
 
@@ -85,7 +84,6 @@ def image_transform(image_size: int):
     ])
 
 
-@register("imagereward")
 class ImageRewardScore:
     """ImageReward-v1.0 reward per (image, prompt), on the BLIP port of the official checkpoint."""
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from evaluation.registry import register
 from evaluation.score_cache import ScoreCache
 
 METRIC = "pickscore/score"
@@ -22,7 +21,6 @@ PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 MAX_TOKENS = 77
 
 
-@register("pickscore")
 class PickScore:
     """PickScore per (image, prompt)."""
 

@@ -1,8 +1,10 @@
 """Evaluator registry: config name -> evaluator class, built once per process.
 
-An evaluator turns images and their prompts into per-image metric values. Building one loads
-model weights, so `build` caches instances by their configuration: a sweep of many runs in one
-process loads CLIP once.
+An evaluator turns images and their prompts into per-image metric values. The classes are
+``asyndm.evaluators`` entry points (asyndm's own in its pyproject.toml, a plugin's in its own), imported
+only when used; ``register`` adds one in this process (a notebook, a test). Building one loads model
+weights, so `build` caches instances by their configuration: a sweep of many runs in one process
+loads CLIP once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from typing import Any, Callable, Protocol
 
 from PIL import Image
+
+from asyndm import plugins
 
 
 class Evaluator(Protocol):
@@ -44,15 +48,15 @@ def register(name: str) -> Callable[[type], type]:
     return decorator
 
 
-def _import_builtin_evaluators() -> None:
-    # Importing the modules runs their @register decorators.
-    from evaluation import (caption_bertscore, clip_score, hps, image_reward, pickscore, shapes,  # noqa: F401
-                            shapes_context, vlm_judge)
-
-
 def known_evaluators() -> list[str]:
-    _import_builtin_evaluators()
-    return sorted(_REGISTRY)
+    """Every evaluator name: the installed entry points and those registered in this process."""
+    return sorted({*plugins.declared(plugins.EVALUATORS), *_REGISTRY})
+
+
+def _evaluator_class(kind: str) -> type | None:
+    if kind not in _REGISTRY and kind in plugins.declared(plugins.EVALUATORS):
+        _REGISTRY[kind] = plugins.load(plugins.EVALUATORS, kind)
+    return _REGISTRY.get(kind)
 
 
 def resolve(name: str, cfg: dict[str, Any]) -> tuple[type, dict[str, Any]]:
@@ -61,14 +65,14 @@ def resolve(name: str, cfg: dict[str, Any]) -> tuple[type, dict[str, Any]]:
     The class is `cfg["evaluator"]` when given (so that `eval.clip_b32: {evaluator: clip, ...}`
     can sit beside `eval.clip`), else `name` itself.
     """
-    _import_builtin_evaluators()
     kwargs = dict(cfg or {})
     kind = kwargs.pop(SELECTOR_KEY, None) or name
-    if kind not in _REGISTRY:
+    cls = _evaluator_class(kind)
+    if cls is None:
         raise KeyError(f"unknown evaluator {kind!r} (config entry eval.{name}); known evaluators: "
-                       f"{', '.join(sorted(_REGISTRY))}. Fix the name or add a conf/eval/<name>.yaml "
+                       f"{', '.join(known_evaluators())}. Fix the name or add a conf/eval/<name>.yaml "
                        f"whose '{SELECTOR_KEY}' key names one of them")
-    return _REGISTRY[kind], kwargs
+    return cls, kwargs
 
 
 def metric_names(name: str, cfg: dict[str, Any]) -> list[str]:

@@ -26,7 +26,6 @@ from PIL import Image
 from scipy import ndimage
 
 from asyndm.shapes_world import BACKGROUND, COLOURS, SIZE, parse_prompt
-from evaluation.registry import register
 
 PREFIX = "shapes/"
 ASPECTS = ("presence", "colour", "count", "relation")
@@ -132,7 +131,6 @@ def score_image(objects: list[Detected], prompt: str, relation_margin: float = 2
     return {PREFIX + name: value for name, value in values.items()}
 
 
-@register("shapes")
 class ShapesScore:
     """Exact per-image alignment for prompts of the shapes world's grammar."""
 

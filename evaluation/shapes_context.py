@@ -35,7 +35,6 @@ from scipy import ndimage
 
 from asyndm.context_world import SceneMasks, parse_context_prompt, pixel_cells
 from asyndm.shapes_world import COLOURS, SIZE
-from evaluation.registry import register
 from evaluation.shapes import classify_shape, colour_labels
 
 PREFIX = "context/"
@@ -174,7 +173,6 @@ def oracle_assignment(image: Image.Image | np.ndarray, spec, grid: tuple[int, in
     return ground_truth_masks(image, spec.prompt, grid).assignment()
 
 
-@register("shapes_context")
 class ShapesContextScore:
     """Exact per-image alignment for prompts of the context world's grammar."""
 

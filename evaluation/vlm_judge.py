@@ -16,7 +16,6 @@ import re
 
 from PIL import Image
 
-from evaluation.registry import register
 from evaluation.vlm import fill_template, load_vlm
 
 SCORE = "vlm/score"
@@ -74,7 +73,6 @@ def _single(found: list[str], scale_min: float, scale_max: float) -> float | Non
     return value if scale_min <= value <= scale_max else None
 
 
-@register("vlm_judge")
 class VlmJudge:
     """Per-image alignment rating by a chat VLM (the paper's QwenScore), with unparseable answers counted."""
 

@@ -60,18 +60,32 @@ def _composed(*overrides):
         return compose("config", overrides=list(overrides))
 
 
-def test_every_variant_config_file_holds_its_rules_defaults():
-    """conf/variant/<name>.yaml (the command line's options) and the rule's dataclass (the Python API's)
-    state the same defaults, for every variant that has options, and nothing else is in the folder."""
+def test_every_variants_options_come_from_its_dataclass_typed():
+    """The config's ``variant.<name>`` is the options dataclass (asyndm/options/): the same defaults as
+    the rule the Python API builds, for every variant with options, and no YAML restates them."""
     from asyndm.config import CONF_DIR
     from asyndm.variants import VARIANTS
 
     with_options = {name for name, v in VARIANTS.items() if v.options is not None}
-    assert {p.stem for p in (CONF_DIR / "variant").glob("*.yaml")} == with_options
+    assert with_options == {"attend_excite", "cfgpp", "scfg", "seg", "zsampling"}
+    assert not (CONF_DIR / "variant").exists()
     cfg = _composed()
+    assert set(cfg.variant) == with_options
     for name in with_options:
         assert json.dumps(OmegaConf.to_container(cfg.variant[name]), sort_keys=True) == json.dumps(
             VARIANTS[name].defaults(), sort_keys=True), name
+        assert OmegaConf.get_type(cfg.variant[name]) is VARIANTS[name].options  # typed, not free YAML
+
+
+def test_a_variant_option_of_the_wrong_type_is_refused_when_composed():
+    from hydra.errors import ConfigCompositionException
+
+    for override, reason in (("variant.cfgpp.scale=abc", "could not be converted to Float"),
+                             ("variant.zsampling.zigzag_steps=many", "could not be converted to Integer")):
+        with pytest.raises(ConfigCompositionException) as refused:
+            _composed(override)
+        assert reason in str(refused.value.__cause__), override
+    _composed("variant.cfgpp.scale=0.25", "variant.zsampling.zigzag_steps=3")  # the right types compose
 
 
 def test_variant_options_reach_the_rule_and_the_hash(tmp_path):

@@ -42,7 +42,7 @@ def test_prompt_evaluators_join_eval_without_replacing_it():
 
 @pytest.mark.parametrize("spelling", ["smoke=tiny", "+smoke=tiny"])
 def test_smoke_is_a_group_of_the_defaults_list(spelling):
-    from asyndm.cli import normalise_argv
+    from asyndm.overrides import normalise_argv
 
     cfg = composed("experiment=table2", *normalise_argv([spelling]))
     assert cfg.model.name == "tiny" and cfg.sample.steps == 3, "smoke comes after the preset and wins"

@@ -7,19 +7,19 @@ Official code: github.com/yuval-alaluf/Attend-and-Excite (``pipeline_attend_and_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..attention_control import smooth
-from ..backends.base import Prediction, TextConditioning
-from ..guidance import guidance_passes
-from ..variants import RUN_SETTING, Variant, register_variant
+from ..conditioning import TextConditioning
+from ..guidance import Prediction, guidance_passes
+from ..options.attend_excite import AttendExciteOptions
 
 
 @dataclass(frozen=True)
-class AttendAndExcite:
+class AttendAndExcite(AttendExciteOptions):
     """The paper's Algorithm 1 (one Attend-and-Excite step) before each of the first steps, then CFG.
 
     For each image, at step i < ``max_iter_to_alter``: run the model on the prompt alone with
@@ -47,15 +47,8 @@ class AttendAndExcite:
     more at the threshold steps), one image at a time as released (bounded memory).
     """
 
-    guidance_scale: float = field(default=5.0, metadata=RUN_SETTING)
-    max_iter_to_alter: int = 25
-    thresholds: dict = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
-    scale_factor: float = 20.0
-    scale_range: tuple[float, float] = (1.0, 0.5)
-    attention_res: int = 16
-    max_refinement_steps: int = 20
-    normalize_eot: bool | None = None
-    pads_with_end_token: bool = field(default=True, metadata=RUN_SETTING)  # the backend's tokenizer decides
+    guidance_scale: float = 5.0  # w: the run's sample.guidance_scale
+    pads_with_end_token: bool = True  # the backend's tokenizer decides
 
     @property
     def guided(self) -> bool:
@@ -129,8 +122,3 @@ def attend_excite_guidance(backend, guidance_scale, options):
         options["thresholds"] = {int(k): float(v) for k, v in dict(options["thresholds"]).items()}
     return AttendAndExcite(guidance_scale=guidance_scale, pads_with_end_token=pads, **options)
 
-
-register_variant(Variant(
-    "attend_excite", "sync", "Attend-and-Excite (Chefer et al. 2023): latent updates that excite the items' attention",
-    guidance=attend_excite_guidance, options=AttendAndExcite,
-))

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.base import Prediction
-from ..guidance import guidance_passes
-from ..variants import Variant, register_variant
-
-NOISE_LEVELS = ("released", "diffusers")
+from ..guidance import Prediction, guidance_passes
+from ..options.cfgpp import CFGppOptions
 
 
 def released_alphas_cumprod(alphas_cumprod: torch.Tensor, final_alpha: torch.Tensor) -> torch.Tensor:
@@ -32,7 +29,7 @@ def released_alphas_cumprod(alphas_cumprod: torch.Tensor, final_alpha: torch.Ten
 
 
 @dataclass(frozen=True)
-class CFGpp:
+class CFGpp(CFGppOptions):
     """CFG++'s DDIM step (the paper's DDIM with CFG++; ``BaseDDIMCFGpp.sample`` in the official code).
 
     With λ ∈ [0, 1] in place of CFG's ω, the Tweedie estimate comes from the guided noise and the
@@ -62,13 +59,6 @@ class CFGpp:
     by the same noise as dm's.
     """
 
-    scale: float = 0.6
-    noise_levels: str = "released"
-
-    def __post_init__(self):
-        if self.noise_levels not in NOISE_LEVELS:
-            raise ValueError(f"variant.cfgpp.noise_levels={self.noise_levels!r}: choose {' or '.join(NOISE_LEVELS)}")
-
     @property
     def guided(self) -> bool:
         return True  # ε_∅ is the re-noising direction at every λ
@@ -85,8 +75,5 @@ class CFGpp:
         return Prediction(uncond + self.scale * (positive - uncond), renoise=uncond, alphas_cumprod=table)
 
 
-register_variant(Variant(
-    "cfgpp", "sync", "CFG++ (Chung et al. 2025): guided x̂0, unconditional re-noising direction, λ = 0.6, "
-    "the official code's noise levels",
-    guidance=lambda backend, guidance_scale, options: CFGpp(**options), options=CFGpp,
-))
+def cfgpp_guidance(backend, guidance_scale, options):
+    return CFGpp(**options)  # λ replaces the run's scale

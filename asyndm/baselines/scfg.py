@@ -6,19 +6,18 @@ Official code: github.com/SmilesDZgk/S-CFG, ``sd/sd.py`` (``MySDPipeline.__call_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..attention_control import smooth
-from ..backends.base import Prediction
-from ..guidance import guidance_passes
-from ..variants import RUN_SETTING, Variant, register_variant
+from ..guidance import Prediction, guidance_passes
+from ..options.scfg import SCFGOptions
 
 
 @dataclass(frozen=True)
-class SemanticCFG:
+class SemanticCFG(SCFGOptions):
     """CFG with a per-region scale: ε̂ = ε_∅ + w·r(x)·(ε_c − ε_∅), r from the call's attention maps.
 
     Regions (``get_mask``), from the CFG call itself, at the grids latent/R, 2R, …, up to latent/8:
@@ -46,12 +45,7 @@ class SemanticCFG:
     the regions are the released code's bit for bit, ties included.
     """
 
-    guidance_scale: float = field(default=5.0, metadata=RUN_SETTING)
-    use_rate: bool = True
-    mask_ratio: int = 4
-    rate_min: float = 0.8
-    rate_max: float = 3.0
-    rate_cap: float = 15.0
+    guidance_scale: float = 5.0  # w: the run's sample.guidance_scale
 
     @property
     def guided(self) -> bool:
@@ -124,7 +118,5 @@ class SemanticCFG:
         return smooth(rate[:, 0])[:, None].to(delta.dtype)
 
 
-register_variant(Variant(
-    "scfg", "sync", "S-CFG (Shen et al. 2024): CFG scale per semantic region from attention maps",
-    guidance=lambda backend, guidance_scale, options: SemanticCFG(guidance_scale, **options), options=SemanticCFG,
-))
+def scfg_guidance(backend, guidance_scale, options):
+    return SemanticCFG(guidance_scale=guidance_scale, **options)

@@ -6,15 +6,14 @@ and its ``SEGCFGSelfAttnProcessor``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..backends.base import Prediction
-from ..guidance import guidance_passes
-from ..variants import RUN_SETTING, Variant, register_variant
+from ..guidance import Prediction, guidance_passes
+from ..options.seg import SEGOptions
 
 
 @dataclass(frozen=True)
-class SmoothedEnergyGuidance:
+class SmoothedEnergyGuidance(SEGOptions):
     """SEG's guidance, combined with CFG as the official pipeline combines them:
 
         ε̂ = ε_c + (w − 1)·(ε_c − ε_∅) + s·(ε_c − ε̃_c),
@@ -37,10 +36,7 @@ class SmoothedEnergyGuidance:
     Pairing: no extra noise; one extra UNet pass of the batch per step (1.5× dm's passes under CFG).
     """
 
-    guidance_scale: float = field(default=5.0, metadata=RUN_SETTING)
-    scale: float = 3.0
-    blur_sigma: float = float("inf")
-    layers: tuple[str, ...] = ("mid",)
+    guidance_scale: float = 5.0  # w: the run's sample.guidance_scale
 
     @property
     def guided(self) -> bool:
@@ -56,8 +52,5 @@ class SmoothedEnergyGuidance:
         return Prediction(eps + self.scale * (positive - perturbed))
 
 
-register_variant(Variant(
-    "seg", "sync", "SEG (Hong 2024): guidance away from blurred self-attention queries (mid block, σ = ∞, s = 3)",
-    guidance=lambda backend, guidance_scale, options: SmoothedEnergyGuidance(guidance_scale, **options),
-    options=SmoothedEnergyGuidance,
-))
+def seg_guidance(backend, guidance_scale, options):
+    return SmoothedEnergyGuidance(guidance_scale=guidance_scale, **options)

@@ -7,17 +7,14 @@ Official code: github.com/xie-lab-ml/Zigzag-Diffusion-Sampling, ``infer.py`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..backends.base import Prediction
-from ..guidance import guided
-from ..variants import RUN_SETTING, Variant, register_variant
-
-INVERSIONS = ("released", "exact")
+from ..guidance import Prediction, guided
+from ..options.zsampling import ZSamplingOptions
 
 
 @dataclass(frozen=True)
-class ZigzagSampling:
+class ZigzagSampling(ZSamplingOptions):
     """The paper's zigzag (denoise, invert, denoise again) at each of the first λ steps, as released.
 
     At step i (timestep t = t_i, next t' = t_{i+1}) with i < λ, ``rounds`` times:
@@ -47,18 +44,7 @@ class ZigzagSampling:
     unconditional pass alone), about 2.5× dm's UNet passes at the defaults.
     """
 
-    guidance_scale: float = field(default=5.0, metadata=RUN_SETTING)
-    inversion_scale: float = 0.0
-    zigzag_steps: int | None = None
-    rounds: int = 1
-    inversion: str = "released"
-
-    def __post_init__(self):
-        if self.inversion not in INVERSIONS:
-            raise ValueError(f"variant.zsampling.inversion={self.inversion!r}: choose {' or '.join(INVERSIONS)}")
-        if self.rounds < 1 or (self.zigzag_steps is not None and self.zigzag_steps < 0):
-            raise ValueError(f"variant.zsampling: rounds={self.rounds} must be >= 1 and zigzag_steps="
-                             f"{self.zigzag_steps} >= 0 (null: every step but the last)")
+    guidance_scale: float = 5.0  # γ1: the run's sample.guidance_scale
 
     @property
     def guided(self) -> bool:
@@ -83,8 +69,3 @@ class ZigzagSampling:
 def zigzag_guidance(backend, guidance_scale, options):
     return ZigzagSampling(guidance_scale=guidance_scale, **options)
 
-
-register_variant(Variant(
-    "zsampling", "sync", "Z-Sampling (Bai et al. 2025): zigzag of denoising and inversion, guidance gap 5 / 0",
-    guidance=zigzag_guidance, options=ZigzagSampling,
-))
