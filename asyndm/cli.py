@@ -9,9 +9,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from . import config as config_mod
 from .config import register_resolvers
+from .dry_run import dry_run
 from .paths import CONF_DIR
 from .errors import AsyndmError
 from .overrides import normalise_argv, unknown_group_choice, variant_option_problem
@@ -27,14 +29,48 @@ def main() -> None:
     if problem:
         print(f"asyndm: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    if _single_dry_run(sys.argv[1:]):
+        sys.exit(_dry_run(sys.argv[1:]))
     hydra_main()
 
 
-def _sweep_without_multirun(cfg: DictConfig) -> str | None:
+def _single_dry_run(argv: list[str]) -> bool:
+    """One job's ``dry_run=true`` given as overrides alone: composed here rather than by Hydra's job
+    runner, which would create the run folder and write its logs there (a dry run writes nothing)."""
+    if any(arg.startswith("-") for arg in argv):
+        return False
+    return any(arg.lstrip("+~").partition("=")[::2] in (("dry_run", v) for v in ("true", "True", "1")) for arg in argv)
+
+
+def _dry_run(argv: list[str]) -> int:
+    """Print the plan of the run these overrides describe; 0, or 2 with one line for bad input."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=argv, return_hydra_config=True)
+        note = _sweep_without_multirun(cfg.hydra, multirun=False)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        if note:
+            print(f"asyndm: note: {note}", file=sys.stderr, flush=True)
+        config_mod.add_prompt_evaluators(cfg)
+        dry_run(cfg, Path(cfg.run_dir).absolute())
+    except AsyndmError as err:
+        print(f"asyndm: error: {err}", file=sys.stderr)
+        return 2
+    except ConfigCompositionException as err:
+        reason = str(err.__cause__ or err).splitlines()[0]
+        print(f"asyndm: error: {str(err).splitlines()[0]}: {reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _sweep_without_multirun(hydra_cfg, multirun: bool) -> str | None:
     """A preset that sweeps (hydra.sweeper.params) run without -m runs only its first setting: say so."""
-    hydra_cfg = HydraConfig.get()
     params = dict(hydra_cfg.sweeper.get("params") or {})
-    if hydra_cfg.mode == RunMode.MULTIRUN or not params:
+    if multirun or not params:
         return None
     sweep = " ".join(f"{k}={v}" for k, v in params.items())
     return (f"this preset sweeps {sweep}; without -m only one job ran, with the default of each. "
@@ -43,15 +79,22 @@ def _sweep_without_multirun(cfg: DictConfig) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
-    from .run import run  # heavy imports (torch, diffusers) only once the config is composed
-
+    """Every check that needs no model first, then a dry run (no torch) or the run itself."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    note = _sweep_without_multirun(cfg)
+    note = _sweep_without_multirun(HydraConfig.get(), HydraConfig.get().mode == RunMode.MULTIRUN)
     if note:
         log.warning(note)
         print(f"asyndm: note: {note}", file=sys.stderr, flush=True)
     try:
-        run(cfg, run_dir)
+        config_mod.add_prompt_evaluators(cfg)
+        if cfg.get("dry_run"):
+            dry_run(cfg, run_dir)
+        else:
+            if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep records each job's refusal and goes on
+                config_mod.validate(cfg)
+            from .run import run  # the orchestration layer: the sampler and torch load here, after the checks
+
+            run(cfg, run_dir)
     except AsyndmError as err:
         log.error("%s", err)
         print(f"asyndm: error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .devices import auto_device_type
 from .errors import ConfigError
 from .settings import CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, register_variant_options
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
@@ -117,13 +118,9 @@ def stale_rule_variants(variants, revisions) -> list[str]:
 
 
 def device_type(cfg: DictConfig) -> str:
-    """cpu or cuda: where the run samples (device=auto: cuda when present)."""
+    """cpu or cuda: where the run samples (device=auto: cuda when present, asyndm/devices.py)."""
     device = str(cfg.get("device") or "auto")
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
+    return auto_device_type() if device == "auto" else device.split(":")[0]
 
 
 def generator_device(cfg: DictConfig) -> str:

@@ -192,30 +192,6 @@ class Curves:
         return nxt
 
 
-def closed_form(
-    curve: str, x: torch.Tensor, k: float, num_steps: int, num_train_timesteps: int, offset: float
-) -> torch.Tensor:
-    """The state after ``x`` steps when started at ``Y + o`` (for tests and plots).
-
-    ``curve='linear'`` gives the background curve; the concave ones are §3's closed forms plus ``o``.
-    """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    Y, N, o = float(num_train_timesteps), float(num_steps), float(offset)
-    linear = o + Y - Y * x / N
-    if curve == "linear":
-        return linear
-    if curve == "bin":
-        return o + k * (Y - Y * x**2 / N**2) + (1 - k) * (Y - Y * x / N)
-    if curve == "lin":
-        early = o + Y - (1 - k) * Y * x / N
-        late = o + Y - (1 - k) * Y / 2 - (1 + k) * Y * (x - N / 2) / N
-        return torch.where(x <= N / 2, early, late)
-    if curve == "exp":
-        a = -k * Y / (math.e - 1)
-        return a * torch.exp(x / N) - (1 - k) * Y / N * x + (Y + o - a)
-    raise ValueError(f"unknown curve '{curve}': choose linear or one of {', '.join(CURVES)}")
-
-
 def timesteps_from_state(state: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
     """Integer timesteps the model and the noise schedule see: round() (half to even), clamped (§3)."""
     return torch.round(state).clamp_(0, num_train_timesteps - 1).long()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .timeline import Timeline
 # FlowMatchEulerDiscreteScheduler options that change the sigmas in ways §9 does not cover.
 _UNSUPPORTED = {
     "shift_terminal": "a stretched terminal shift",
@@ -124,8 +125,6 @@ def flow_timeline(unshifted: np.ndarray, device):
 
     ``sync_states`` keep τ in float64 (SD3's scheduler computes them so).
     """
-    from .backends.base import Timeline  # here: the backends import this module
-
     tau = torch.as_tensor(np.asarray(unshifted, dtype=np.float64), device=device)
     return Timeline.through(tau, torch.cat([tau[1:], tau.new_zeros(1)]))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import auto_device_type
 from .errors import ModelError
 from .sources import backend_class, from_pretrained
 
@@ -19,8 +20,15 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``device=...``; ``auto`` as asyndm/devices.py decided it (the run folder's
+    name depends on it), refused with the fix where torch disagrees."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        guess, found = auto_device_type(), "cuda" if torch.cuda.is_available() else "cpu"
+        if guess != found:
+            where = ("an NVIDIA driver and a CUDA build of torch, but torch finds no GPU" if guess == "cuda"
+                     else "no NVIDIA driver (/proc/driver/nvidia/version, nvidia-smi), but torch finds a GPU")
+            raise ModelError(f"device=auto: asyndm found {where}; set device={found} to sample there")
+        return torch.device(found)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device={name}: CUDA is not available on this machine; use device=cpu or device=auto")
     if name != "cpu" and not name.startswith("cuda"):

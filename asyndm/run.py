@@ -17,6 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from evaluation.pipeline import run_after_sampling
+
 from . import config as config_mod
 from .callbacks import TimestepTrace
 from .errors import ConfigError
@@ -206,11 +208,6 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame | None:
     None so that the other jobs and the sweep summary go on (asyndm/sweep.py).
     """
     config_mod.add_prompt_evaluators(cfg)
-    if cfg.get("dry_run"):
-        from .dry_run import dry_run
-
-        dry_run(cfg, run_dir)
-        return None
     manifest = None
     with sweep_job(run_dir, cfg), invocation(run_dir, config_mod.device_type(cfg)):
         manifest = sample_run(cfg, run_dir)
@@ -218,8 +215,6 @@ def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame | None:
             log.info("shard %d of %d done; scoring waits for the merge: python -m asyndm.shard OUT SHARD_DIR...",
                      cfg.shard.index, cfg.shard.count)
         elif cfg.get("eval") or cfg.logger.name != "none":
-            from evaluation.pipeline import run_after_sampling
-
             run_after_sampling(run_dir, cfg)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -27,10 +27,13 @@ from typing import Sequence
 import pandas as pd
 from omegaconf import OmegaConf
 
+from evaluation.pipeline import run_after_sampling
+
 from . import config as config_mod
 from .errors import AsyndmError
 from .plan import files_for, load_run_prompts, manifest_rows, plan_batches, shard_batches
 from .run_folder import atomic_write_bytes, manifest_name, shard_suffix, write_table
+from .sweep import write_status
 from .variants import ordered
 
 SHARD_MANIFEST = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
@@ -126,12 +129,8 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     atomic_write_bytes(out_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     manifest = manifest_rows(out_dir, batches, variants, str(cfg.config_hash))
     write_table(out_dir / "manifest.csv", manifest)
-    from .sweep import write_status
-
     write_status(out_dir / "status.json", "completed", merged_from=[str(d) for d in shard_dirs])
     if evaluate and (cfg.get("eval") or (cfg.get("logger") or {}).get("name", "none") != "none"):
-        from evaluation.pipeline import run_after_sampling
-
         run_after_sampling(out_dir, cfg)
     return manifest
 

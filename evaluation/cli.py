@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asyndm-eval: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
-    from evaluation.pipeline import run_after_sampling
+    from evaluation.pipeline import run_after_sampling  # scoring's libraries load after the arguments are checked
 
     summary = run_after_sampling(args.run_dir, cfg, job_type="eval")
     if summary is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from evaluation.clip_score import _pick_device
 from evaluation.score_cache import ScoreCache
 from evaluation.weights import hub_file, local_file, looks_like_path
 
@@ -73,8 +74,6 @@ class HpsV2Score:
     def __init__(self, checkpoint: str = "v2.1", arch: str = "ViT-H-14", batch_size: int = 16,
                  device: str = "auto", precision: str = "amp"):
         import open_clip
-
-        from evaluation.clip_score import _pick_device
 
         if int(batch_size) < 1:
             raise ValueError(f"eval.hpsv2.batch_size must be >= 1, got {batch_size}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from asyndm.run_folder import MANIFEST_REQUIRED, RESULT_COLUMNS, mask_file
+from evaluation.variants import order_variants
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -40,8 +41,6 @@ def grid_columns(run_dir: Path, manifest: pd.DataFrame, limit: int | None = None
     """(title, column) per column of the report's grid and the wandb table: every variant's image
     (dm first; column = the variant), then a mask column (column = ``mask:<variant>``) for each
     variant that saved mask pictures among its first `limit` images (all when None)."""
-    from evaluation.variants import order_variants
-
     variants = order_variants(manifest["variant"])
     columns = [(v, v) for v in variants]
     for v in variants:

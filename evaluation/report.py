@@ -34,6 +34,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from asyndm.run_folder import atomic_write_text  # noqa: E402
+from asyndm.sweep import SUMMARY_FILE, is_sweep_folder, write_sweep_summary  # noqa: E402
 from evaluation.io import grid_columns, mask_files, read_manifest, read_results  # noqa: E402
 from evaluation.summary import (ALL, PAIRED_BOOTSTRAP, T, WILSON, format_interval, read_summary,  # noqa: E402
                                 shown_rows)
@@ -438,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, metavar="PNG",
                         help="also render report.html in headless Chromium and save a screenshot")
     args = parser.parse_args(argv)
-    from asyndm.sweep import SUMMARY_FILE, is_sweep_folder, write_sweep_summary  # light: no torch
-
     if is_sweep_folder(args.folder):  # one row per job × variant × metric; failed jobs included
         write_sweep_summary(args.folder)
         print(args.folder / SUMMARY_FILE)

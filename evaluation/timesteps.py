@@ -3,7 +3,7 @@
 Every sampling run writes ``timesteps.csv`` (asyndm/run.py, ``TimestepTrace``): per image,
 variant and model call, the mean timestep the model saw over the pixels of the image's final mask
 (``item_mean``) and over the rest (``background_mean``). Averaged over images, per variant, these
-are the measured curves; next to them the theoretical ones from ``asyndm.curves.closed_form``
+are the measured curves; next to them the theoretical ones from ``asyndm.curve_shapes.closed_form``
 with the run's curve and N, Y = 1000 and o = 1 (SD's and the toy model's scheduler): the concave
 curve for each k of the run's prompts and the plain linear one for the background. Call i (from 0)
 sees the state after i + 1 transitions, so it is drawn at x = i + 1.
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from asyndm.curve_shapes import closed_form
+from evaluation.io import read_manifest
 from evaluation.variants import order_variants
 
 TRACE_FILE = "timesteps.csv"
@@ -65,8 +67,6 @@ def run_curve(run_dir: Path) -> tuple[str, int, list[float]]:
     """(curve, N, the distinct item k of the run's prompts) from config.yaml and manifest.csv."""
     from omegaconf import OmegaConf
 
-    from evaluation.io import read_manifest
-
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
     ks = set()
     for text in read_manifest(run_dir)["k"].astype(str).unique():
@@ -79,14 +79,10 @@ def run_curve(run_dir: Path) -> tuple[str, int, list[float]]:
 
 def theory_curves(curve: str, num_steps: int, ks: list[float]) -> dict[str, np.ndarray]:
     """label -> states at x = 1..N: 'linear' and one '<curve> k=<k>' per k (closed forms, §3)."""
-    import torch
-
-    from asyndm.curves import closed_form
-
-    x = torch.arange(1, num_steps + 1, dtype=torch.float64)
+    x = np.arange(1, num_steps + 1, dtype=np.float64)
 
     def states(name, k):
-        return closed_form(name, x, k, num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET).numpy()
+        return closed_form(name, x, k, num_steps, NUM_TRAIN_TIMESTEPS, STEPS_OFFSET)
 
     curves = {"linear": states("linear", 0.0)}
     for k in ks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterable
 
+from asyndm.variants import VARIANTS
+
 BASELINE = "dm"
 # The paper's three, in their order; used when the registry cannot be imported.
 PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
@@ -19,16 +21,16 @@ PAPER_VARIANTS = ("dm", "dm_concave", "asyndm")
 def registered_variants() -> tuple[str, ...]:
     """The names of asyndm.variants.VARIANTS in registration order (the paper's three first)."""
     try:
-        from asyndm.variants import VARIANTS
-    except Exception:  # noqa: BLE001 - ordering is cosmetic; a broken import must not stop a report
+        names = list(VARIANTS)
+    except Exception:  # noqa: BLE001 - ordering is cosmetic; a broken plugin must not stop a report
         return PAPER_VARIANTS
-    return tuple(dict.fromkeys([*PAPER_VARIANTS, *VARIANTS]))
+    return tuple(dict.fromkeys([*PAPER_VARIANTS, *names]))
 
 
 def variant_key(variant: str) -> tuple[int, str]:
     """Sort key: registered variants in registration order, then any other name alphabetically.
 
-    The registry (which imports torch) is only consulted for a name outside the paper's three.
+    The registry (which loads the installed plugins) is only consulted for a name outside the paper's three.
     """
     known = PAPER_VARIANTS if variant in PAPER_VARIANTS else registered_variants()
     return (known.index(variant), "") if variant in known else (len(known), str(variant))

@@ -32,7 +32,9 @@ from typing import Iterator, Mapping
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from asyndm.config import config_hash
 from evaluation.io import grid_columns, mask_files, read_manifest
+from evaluation.timesteps import plot_timesteps, read_timesteps, step_means
 from evaluation.variants import order_variants
 
 # The folders wandb writes outside the run's own folder; those the user did not set point into it.
@@ -130,8 +132,6 @@ def run_identity(run_dir: Path, cfg: DictConfig) -> tuple[str, int, int]:
     saved = _saved_config(run_dir)
     cfg_hash = (saved.get("config_hash") if saved is not None else None) or cfg.get("config_hash")
     if not cfg_hash:
-        from asyndm.config import config_hash
-
         cfg_hash = config_hash(cfg)
     shard = cfg.get("shard") or {}
     return str(cfg_hash), int(shard.get("index", 0) or 0), int(shard.get("count", 1) or 1)
@@ -240,8 +240,6 @@ def _log_contents(run, wandb, run_dir: Path, summary: pd.DataFrame | None, resul
     for row in rows:
         table.add_data(*[wandb.Image(v) if c in image_cols and v else v for c, v in zip(columns, row)])
     run.log({"images": table})
-
-    from evaluation.timesteps import plot_timesteps, read_timesteps, step_means
 
     trace = read_timesteps(run_dir)
     if trace is not None:  # the report's timestep figure, for this run alone

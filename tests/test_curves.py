@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from asyndm.curves import CURVES, SEMANTICS, Curves, closed_form, concave_step, linear_step, timesteps_from_state
+from asyndm.curve_shapes import closed_form
+from asyndm.curves import CURVES, SEMANTICS, Curves, concave_step, linear_step, timesteps_from_state
 
 Y, O = 1000, 1.0  # num_train_timesteps and steps_offset of every SD scheduler
 
@@ -33,7 +34,7 @@ def trajectory(curve, k_per_step, num_steps, start=Y + O, semantics="reference",
 
 
 def closed(curve, k, num_steps, xs):
-    return closed_form(curve, torch.tensor(xs, dtype=torch.float64), k, num_steps, Y, O).tolist()
+    return closed_form(curve, list(xs), k, num_steps, Y, O).tolist()
 
 
 def test_linear_gives_the_schedulers_own_timesteps():
@@ -217,7 +218,7 @@ def test_unknown_curve_raises_naming_it():
     with pytest.raises(ValueError, match="unknown curve 'quadratic'"):
         concave_step("quadratic", torch.tensor([1001.0]), 50, 0.5, 50, Y, O)
     with pytest.raises(ValueError, match="unknown curve 'quadratic'"):
-        closed_form("quadratic", torch.tensor([1.0]), 0.5, 50, Y, O)
+        closed_form("quadratic", [1.0], 0.5, 50, Y, O)
 
 
 def test_timesteps_round_half_to_even_and_clamp():

@@ -26,6 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
+from ..errors import PromptError
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
@@ -295,8 +296,6 @@ def sentencepiece_positions(tokenizer, prompt: str, items: list[str], max_length
     ``word`` mode finds the item word's tokens; ``legacy`` mode takes the characters of the CLIP tokens
     the legacy indices name (``clip_positions``) and returns the T5 tokens that overlap them.
     """
-    from ..errors import PromptError
-
     encoded = tokenizer(prompt, truncation=True, max_length=max_length, return_offsets_mapping=True)
     ids, offsets = encoded.input_ids, encoded.offset_mapping
     if mode == "legacy":

@@ -15,7 +15,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
-from ..attention import AttentionStore, capture_cross_attention, capture_layer_names
+from ..attention import AttentionStore, capture_cross_attention, capture_layer_names, cross_attention_grids
 from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
@@ -82,7 +82,6 @@ class StableDiffusionBackend(Backend):
         built on the meta device: its block structure without weights)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        from ..attention import cross_attention_grids
         unet_config = sources.from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
         try:
             vae_config = sources.from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")

@@ -15,7 +15,7 @@ import torch
 from ..paths import cache_dir
 from .saving import save_once
 from .sd import clip_tokenizer
-from .sd3 import sd3_vae
+from .sd3 import _wide_t5, sd3_vae
 from .t5 import t5_tokenizer, tiny_t5_encoder
 
 TINY_FLUX_VERSION = "tiny-flux-v2"  # v2: 2 + 4 blocks (FLUX.1's 1 : 2 ratio); v1 had 2 + 2
@@ -95,7 +95,6 @@ def flux_dev_shaped_pipeline():
     """
     from diffusers import FluxTransformer2DModel
 
-    from .sd3 import _wide_t5
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from asyndm.offline.sd import clip_tokenizer
 from asyndm.paths import cache_dir
 from evaluation.offline.tiny_vlm import save_folder_atomically
 
@@ -23,8 +24,6 @@ IMAGE_SIZE = 32
 def _build(folder: Path) -> None:
     from transformers import CLIPConfig, CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    from asyndm.offline.sd import clip_tokenizer
 
     tokenizer = clip_tokenizer("<|endoftext|>")  # the real CLIP BPE, as laion's CLIP-H processor pads
     config = CLIPConfig(
