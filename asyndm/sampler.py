@@ -78,10 +78,9 @@ def denoise(
 ) -> torch.Tensor:
     """One variant's loop over ``num_steps`` model calls; returns the final latents."""
     if not schedule.uniform:
-        backend.announce(schedule.state(0))
+        backend.announce(schedule.first_states())
     for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
-        states = schedule.state(step)  # (B, h, w)
-        next_states = schedule.next_state(step)  # t_step → t_step+1 from the masks known now (§6)
+        states, next_states = schedule.states(step)  # (B, h, w) each; t_step → t_step+1 from the masks known now (§6)
         if not schedule.uniform and step + 1 < num_steps:
             backend.announce(next_states)  # the next call's states, before this call is queued
         context = StepContext(step, num_steps, next_states, eta, generators, backend, tokens)
@@ -94,8 +93,8 @@ def denoise(
         schedule.observe(step, item_maps)  # this call's mask first moves call step + 2
         for callback in callbacks:
             grid = attention.grid if attention is not None else None
-            callback(StepInfo(variant, step, latents, states, next_states, item_maps, schedule.assignment, grid,
-                              backend))
+            callback(StepInfo(variant=variant, step=step, latents=latents, states=states, next_states=next_states,
+                              item_maps=item_maps, assignment=schedule.assignment, grid=grid, backend=backend))
     return latents
 
 

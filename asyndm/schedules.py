@@ -1,7 +1,8 @@
 """Schedules: which pixel follows which curve, step by step (METHOD.md §2, §3, §6).
 
-A schedule holds every cell's state and hands the loop two maps per model call: the states of this
-call and the states the update goes to. ``dm`` follows the scheduler's own timesteps
+A schedule holds every cell's state and hands the loop two maps per model call, in one call of
+``states(step)``: the states of this call and the states the update goes to; after the model call,
+``observe`` reads its item maps. ``dm`` follows the scheduler's own timesteps
 (``SynchronousSchedule``); ``dm_concave`` and ``asyndm`` follow curves (``CurveSchedule``), the
 latter with item masks that are fixed (static, or given) or recomputed after every call (dynamic).
 
@@ -25,16 +26,17 @@ class Schedule(Protocol):
     needs_item_maps: bool  # it reads each call's item maps (dynamic masks)
     assignment: torch.Tensor | None  # (B, h, w) item per cell, -1 background; None without masks
 
-    def state(self, step: int) -> torch.Tensor:
-        """(B, h, w) states of model call ``step``."""
+    def first_states(self) -> torch.Tensor:
+        """(B, h, w) states of the first model call, before the loop runs (to announce them)."""
+
+    def states(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w) states of model call ``step`` and the states its update goes to, computed from
+        the masks known now (§6). Calls go ``step`` 0, 1, … in order with ``observe`` between them;
+        the second map is the next call's first."""
 
     def sync_state(self, step: int) -> torch.Tensor:
         """τ_step, the scheduler's own timestep at call ``step`` (dm's state, the linear curve's): what
         a stream with one timestep per sample sees (the MMDiT text stream, METHOD.md §9)."""
-
-    def next_state(self, step: int) -> torch.Tensor:
-        """(B, h, w) states the update of call ``step`` goes to (computed before the call, §6). The loop
-        announces them to the backend as call ``step + 1``'s, so ``state(step + 1)`` returns this tensor."""
 
     def observe(self, step: int, item_maps: torch.Tensor | None) -> None:
         """After call ``step``: its item maps (B, n_items, g_h*g_w) may update the masks."""
@@ -51,14 +53,15 @@ class SynchronousSchedule:
         self.timeline = timeline
         self.map_shape = map_shape  # (B, h, w)
 
-    def state(self, step: int) -> torch.Tensor:
-        return self.timeline.sync_states[step].expand(self.map_shape)
+    def first_states(self) -> torch.Tensor:
+        return self.timeline.sync_states[0].expand(self.map_shape)
+
+    def states(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.timeline.sync_states[step].expand(self.map_shape),
+                self.timeline.sync_next[step].expand(self.map_shape))
 
     def sync_state(self, step: int) -> torch.Tensor:
         return self.timeline.sync_states[step]
-
-    def next_state(self, step: int) -> torch.Tensor:
-        return self.timeline.sync_next[step].expand(self.map_shape)
 
     def observe(self, step: int, item_maps) -> None:
         pass
@@ -100,15 +103,15 @@ class CurveSchedule:
             return self.curves.concave(state, steps_left, self.background_k)
         return self.curves.transition(state, steps_left, self.assignment, self.item_k)
 
-    def state(self, step: int) -> torch.Tensor:
+    def first_states(self) -> torch.Tensor:
         return self._state
+
+    def states(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._next = self._transition(self._state, self.curves.num_steps - step - 1)
+        return self._state, self._next
 
     def sync_state(self, step: int) -> torch.Tensor:
         return self.timeline.sync_states[step]
-
-    def next_state(self, step: int) -> torch.Tensor:
-        self._next = self._transition(self._state, self.curves.num_steps - step - 1)
-        return self._next
 
     def observe(self, step: int, item_maps: torch.Tensor | None) -> None:
         if self.update_masks is not None and item_maps is not None:

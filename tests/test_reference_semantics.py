@@ -37,9 +37,10 @@ class RecordCalls:
 
     def __call__(self, info: StepInfo):
         self.calls.setdefault(info.variant, []).append(
-            StepInfo(info.variant, info.step, None, info.states.clone(), info.next_states.clone(),
-                     info.item_maps.clone(), None if info.assignment is None else info.assignment.clone(),
-                     info.grid, None))
+            StepInfo(variant=info.variant, step=info.step, latents=None, states=info.states.clone(),
+                     next_states=info.next_states.clone(), item_maps=info.item_maps.clone(),
+                     assignment=None if info.assignment is None else info.assignment.clone(), grid=info.grid,
+                     backend=None))
 
 
 @pytest.fixture(scope="module")
