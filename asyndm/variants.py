@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
 
 from . import plugins
 
@@ -92,62 +93,41 @@ ASYNDM_ORACLE = Variant("asyndm_oracle", "async", "asyndm's schedule on static m
                         masks="oracle")
 
 
-class _Registry(dict):
-    """name → Variant, filled from the installed ``asyndm.variants`` entry points on first use (so that
-    importing this module imports no plugin)."""
+class _Registry(Mapping):
+    """name → Variant, read from the installed ``asyndm.variants`` entry points on first use (so that
+    importing this module imports no plugin), paper's variants first, then by name."""
 
-    _loaded = False
+    def __init__(self):
+        self._found: dict[str, Variant] | None = None
+        self._added: dict[str, Variant] = {}  # registered in this process (register_variant)
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        declared = plugins.declared(plugins.VARIANTS)
-        names = [n for n in FIRST if n in declared] + sorted(n for n in declared if n not in FIRST)
-        added = dict(self)  # registered in this process before the first use
-        self.clear()
-        for name in names:
-            variant = plugins.load(plugins.VARIANTS, name)
-            if not isinstance(variant, Variant) or variant.name != name or COMPOSE in name:
-                raise plugins.PluginError(f"{plugins.VARIANTS} entry '{name}' ({declared[name].value}) must name an "
-                                          f"asyndm.variants.Variant called '{name}' (no '{COMPOSE}' in it)")
-            dict.__setitem__(self, name, variant)
-        self.update(added)
+    def _variants(self) -> dict[str, Variant]:
+        if self._found is None:
+            declared = plugins.declared(plugins.VARIANTS)
+            found = {}
+            for name in [n for n in FIRST if n in declared] + sorted(n for n in declared if n not in FIRST):
+                variant = plugins.load(plugins.VARIANTS, name)
+                if not isinstance(variant, Variant) or variant.name != name or COMPOSE in name:
+                    raise plugins.PluginError(f"{plugins.VARIANTS} entry '{name}' ({declared[name].value}) must name "
+                                              f"an asyndm.variants.Variant called '{name}' (no '{COMPOSE}' in it)")
+                found[name] = variant
+            self._found = found
+        return {**self._found, **self._added}
 
-    def __getitem__(self, name):
-        self._load()
-        return dict.__getitem__(self, name)
-
-    def __contains__(self, name):
-        self._load()
-        return dict.__contains__(self, name)
+    def __getitem__(self, name: str) -> Variant:
+        return self._variants()[name]
 
     def __iter__(self):
-        self._load()
-        return dict.__iter__(self)
+        return iter(self._variants())
 
-    def __len__(self):
-        self._load()
-        return dict.__len__(self)
+    def __len__(self) -> int:
+        return len(self._variants())
 
-    def get(self, name, default=None):
-        self._load()
-        return dict.get(self, name, default)
-
-    def items(self):
-        self._load()
-        return dict.items(self)
-
-    def values(self):
-        self._load()
-        return dict.values(self)
-
-    def keys(self):
-        self._load()
-        return dict.keys(self)
+    def add(self, variant: Variant) -> None:
+        self._added[variant.name] = variant
 
 
-VARIANTS: dict[str, Variant] = _Registry()
+VARIANTS = _Registry()
 
 
 def register_variant(variant: Variant) -> Variant:
@@ -156,7 +136,7 @@ def register_variant(variant: Variant) -> Variant:
         raise ValueError(f"variant name {variant.name!r}: '{COMPOSE}' composes variants; choose another name")
     if variant.name in VARIANTS and VARIANTS[variant.name] != variant:
         raise ValueError(f"variant name {variant.name!r} is registered twice; rename one")
-    dict.__setitem__(VARIANTS, variant.name, variant)
+    VARIANTS.add(variant)
     return variant
 
 
