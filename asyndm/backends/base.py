@@ -49,12 +49,15 @@ class ItemAttention(AbstractContextManager):
 
     Inside the ``with`` block, a model call made with ``capture_rows`` adds the item maps of those
     batch rows (the conditional half under guidance); ``take()`` returns the last call's maps,
-    averaged over heads and layers: (B, n_items, grid_h * grid_w). A family's subclass sets
-    ``grid``, its ``store`` (``reset``, ``rows``, ``item_maps``) and ``_capture``, the context
-    manager that installs its processors.
+    averaged over heads and layers: (B, n_items, grid_h * grid_w). A family's subclass builds
+    the three parts and hands them here: the ``grid`` of the maps, the ``store`` the processors write
+    into (``reset``, ``rows``, ``item_maps``) and ``capture``, the context manager that installs them.
     """
 
-    grid: tuple[int, int]
+    def __init__(self, grid: tuple[int, int], store, capture: AbstractContextManager):
+        self.grid = grid
+        self.store = store
+        self._capture = capture
 
     def __enter__(self):
         self._capture.__enter__()

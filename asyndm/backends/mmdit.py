@@ -41,10 +41,9 @@ class JointItemAttention(ItemAttention):
 
     def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int,
                  recorded=None):
-        self.grid = grid
-        self.store = JointAttentionStore(weights)
-        self.store.text_length = text_length
-        self._capture = capture_joint_attention(layers, self.store, query_keys, recorded)
+        store = JointAttentionStore(weights)
+        store.text_length = text_length
+        super().__init__(grid, store, capture_joint_attention(layers, store, query_keys, recorded))
 
 
 class FlowTransformerBackend(Backend):

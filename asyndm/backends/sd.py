@@ -32,9 +32,8 @@ class UNetItemAttention(ItemAttention):
         latent_h, latent_w = latent_hw
         side = resolution or latent_h // 4
         self.layers = capture_layer_names(unet, latent_h, side)
-        self.grid = (side, side * latent_w // latent_h)
-        self.store = AttentionStore(tokens.positions)
-        self._capture = capture_cross_attention(unet, self.layers, self.store)
+        store = AttentionStore(tokens.positions)
+        super().__init__((side, side * latent_w // latent_h), store, capture_cross_attention(unet, self.layers, store))
 
 
 class StableDiffusionBackend(Backend):
