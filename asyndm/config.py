@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .devices import auto_device_type
 from .errors import ConfigError
-from .settings import CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, register_variant_options
+from .settings import (CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, SampleSettings, register_sample_defaults,
+                       register_variant_options, type_problem)
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
@@ -190,6 +191,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("paper_variants", lambda baselines: paper_variants(bool(baselines)))
 
 
+register_sample_defaults()
 register_variant_options()
 
 
@@ -230,6 +232,14 @@ def validate(cfg: DictConfig) -> None:
     _require(blocks is None or (len(blocks) > 0 and all(isinstance(b, int) and b >= 0 for b in blocks)),
              f"mask.blocks={blocks}: a list of block indices (0 = the first transformer block) or null")
     s = cfg.sample
+    problem = type_problem(s, SampleSettings, "sample")  # every sample.* value of its declared type
+    _require(problem is None, problem)
+    k = cfg.get("k")
+    values = list(k) if OmegaConf.is_list(k) else ([] if k is None else [k])
+    for value in values:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(number and 0 < value <= 1, f"k={k}: {'outside (0, 1]' if number else f'{value!r} is not a number'}; "
+                                            f"give the items' weight as k=0.5, or one per item as k=[0.5,0.7]")
     for key in ("height", "width"):
         size = s.get(key)
         _require(size is None or (isinstance(size, int) and size > 0), f"sample.{key}={size}: a positive number of pixels or null")

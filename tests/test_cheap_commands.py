@@ -35,6 +35,8 @@ def imported(module: str, *args: str, cwd: Path) -> tuple[int, str, str]:
     (["variant.cfgpp.scale=abc"], 2, "variant.cfgpp.scale=abc: Value 'abc'"),
     (["variant.cfgpp.sacle=0.4"], 2, "cfgpp has no option 'sacle'"),
     (["variants=[dm,nope]"], 2, "unknown variant 'nope'"),
+    (["sample.steps=2.5"], 2, "sample.steps=2.5: not a valid int"),
+    (["k=abc"], 2, "k=abc: 'abc' is not a number"),
 ])
 def test_asyndm_answers_without_torch(tmp_path, args, status, says):
     code, heavy, err = imported("asyndm", *args, cwd=tmp_path)

@@ -143,3 +143,24 @@ def test_keys_added_later_keep_earlier_run_folders_at_their_defaults(tmp_path):
         assert config_hash(_cfg(model, prompts, **{key: value})) != before, key
     later.mask.blocks = [3, 4]
     assert config_hash(later) != before
+
+
+def test_the_sample_node_is_sample_settings_with_the_models_own_defaults():
+    """One definition of sample.*: SampleSettings' fields, types and defaults (asyndm/settings.py);
+    config.yaml sets only the model-dependent steps and guidance scale."""
+    import dataclasses
+
+    from asyndm.config import ConfigError, validate
+    from asyndm.settings import SampleSettings
+
+    cfg = _composed("model=tiny")
+    fields = {f.name: f.default for f in dataclasses.fields(SampleSettings)}
+    assert set(cfg.sample) == set(fields)
+    for name, default in fields.items():
+        if name not in ("steps", "guidance_scale"):
+            assert cfg.sample[name] == default and type(cfg.sample[name]) is type(default), name
+    assert (cfg.sample.steps, cfg.sample.guidance_scale) == (cfg.model.sampling.steps, cfg.model.sampling.guidance_scale)
+    for override, says in (("sample.batch_size=two", "sample.batch_size=two: not a valid int"),
+                           ("sample.height=1.5", "sample.height=1.5: not a valid int")):
+        with pytest.raises(ConfigError, match=says):
+            validate(_composed("model=tiny", override))
