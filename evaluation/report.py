@@ -439,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, metavar="PNG",
                         help="also render report.html in headless Chromium and save a screenshot")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"asyndm-report: error: {args.folder} is not a folder; pass a run folder written by `asyndm` "
+              f"(the one holding manifest.csv) or a sweep folder", file=sys.stderr)
+        return 2
+    try:
+        return _report(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:  # a folder that is not (or no longer) a run
+        print(f"asyndm-report: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+
+
+def _report(args) -> int:
     if is_sweep_folder(args.folder):  # one row per job × variant × metric; failed jobs included
         write_sweep_summary(args.folder)
         print(args.folder / SUMMARY_FILE)

@@ -189,3 +189,12 @@ def test_sweep_jobs_are_labelled_by_the_overrides_that_differ(tmp_path):
     assert list(run_labels(runs).values()) == ["curve=bin, mask=dynamic", "curve=bin, mask=static",
                                                "curve=lin, mask=dynamic", "curve=lin, mask=static"]
     assert list(run_labels(runs[::2]).values()) == ["bin", "lin"]  # one run per curve: the curve
+
+
+def test_a_missing_or_empty_folder_is_refused_in_one_line(tmp_path, capsys):
+    from evaluation.report import main
+
+    for folder, says in ((tmp_path / "nowhere", "is not a folder"), (tmp_path, "no run folder")):
+        assert main([str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("asyndm-report: error:") and says in err and len(err.strip().splitlines()) == 1
