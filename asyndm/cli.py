@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 from . import config as config_mod
 from .config import register_resolvers
 from .dry_run import dry_run
+from .resume import preflight
 from .paths import CONF_DIR
 from .errors import AsyndmError
 from .overrides import normalise_argv, unknown_group_choice, variant_option_problem
@@ -23,27 +24,33 @@ log = logging.getLogger("asyndm")
 
 
 def main() -> None:
-    """Console script: check group choices in one line, then hand over to Hydra."""
-    sys.argv[1:] = normalise_argv(sys.argv[1:])
-    problem = unknown_group_choice(sys.argv[1:]) or variant_option_problem(sys.argv[1:])
+    """Console script: every check that needs no model, in one line each and before anything is
+    written, then hand over to Hydra (a dry run never reaches it)."""
+    argv = sys.argv[1:] = normalise_argv(sys.argv[1:])
+    problem = unknown_group_choice(argv) or variant_option_problem(argv)
     if problem:
         print(f"asyndm: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    if _single_dry_run(sys.argv[1:]):
-        sys.exit(_dry_run(sys.argv[1:]))
+    if _overrides_only(argv):  # one job: composed here, so a refusal or a dry run leaves no trace
+        code = _single_job(argv, dry=_is_dry_run(argv))
+        if code is not None:
+            sys.exit(code)
     hydra_main()
 
 
-def _single_dry_run(argv: list[str]) -> bool:
-    """One job's ``dry_run=true`` given as overrides alone: composed here rather than by Hydra's job
-    runner, which would create the run folder and write its logs there (a dry run writes nothing)."""
-    if any(arg.startswith("-") for arg in argv):
-        return False
+def _overrides_only(argv: list[str]) -> bool:
+    """Plain overrides of one job: no Hydra flags (-m, --cfg, -cd ...)."""
+    return not any(arg.startswith("-") for arg in argv)
+
+
+def _is_dry_run(argv: list[str]) -> bool:
     return any(arg.lstrip("+~").partition("=")[::2] in (("dry_run", v) for v in ("true", "True", "1")) for arg in argv)
 
 
-def _dry_run(argv: list[str]) -> int:
-    """Print the plan of the run these overrides describe; 0, or 2 with one line for bad input."""
+def _single_job(argv: list[str], dry: bool) -> int | None:
+    """Compose the job's config here (Hydra's job runner would first create its folder and write its
+    config and log there) and run the checks that need no model (asyndm/resume.py): print the plan
+    of a dry run, or refuse in one line; None lets the run go on."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
@@ -53,10 +60,14 @@ def _dry_run(argv: list[str]) -> int:
         note = _sweep_without_multirun(cfg.hydra, multirun=False)
         with open_dict(cfg):
             del cfg["hydra"]
+        config_mod.add_prompt_evaluators(cfg)
+        run_dir = Path(cfg.run_dir).absolute()
+        if not dry:
+            preflight(cfg, run_dir)
+            return None  # the note is printed by the run itself
         if note:
             print(f"asyndm: note: {note}", file=sys.stderr, flush=True)
-        config_mod.add_prompt_evaluators(cfg)
-        dry_run(cfg, Path(cfg.run_dir).absolute())
+        dry_run(cfg, run_dir)
     except AsyndmError as err:
         print(f"asyndm: error: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from .plan import (
     plan_batches,
     shard_batches,
 )
+from .resume import check_resumable
 from .run_folder import (
     atomic_write_bytes,
     image_file,
@@ -52,44 +53,6 @@ from .sweep import sweep_job
 from .variants import oracle_variants, ordered
 
 log = logging.getLogger(__name__)
-
-
-def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semantics: int) -> None:
-    """A folder may only be resumed by a run with the same image-deciding settings and sampler semantics."""
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        saved_cfg = OmegaConf.load(saved)
-        previous = saved_cfg.get("config_hash")
-        old = saved_cfg.get("sampler_semantics", 1)
-        if previous is not None and old != semantics:
-            changes = "; ".join(config_mod.SEMANTICS_CHANGES[v] for v in sorted(config_mod.SEMANTICS_CHANGES)
-                                if old < v <= semantics)
-            raise ConfigError(
-                f"run folder {run_dir} was sampled by an earlier asyndm whose images differ from this version's "
-                f"({changes}); resuming would mix the two: use another run_dir=... or remove the folder"
-            )
-        sampled = sorted({f.stem.split("_", 1)[1] for f in (run_dir / "images").glob("*_*.png")})
-        stale = config_mod.stale_rule_variants(sampled, saved_cfg.get("rule_revisions"))
-        if previous is not None and stale:
-            raise ConfigError(
-                f"run folder {run_dir} holds {', '.join(stale)} images sampled by an earlier asyndm whose "
-                f"{' and '.join(sorted({v.split('+')[-1] for v in stale}))} arithmetic differs from this version's "
-                f"(docs/baselines.md); resuming would mix the two: remove their images/ and latents/ files "
-                f"(*_{stale[0]}.*) to sample them again, or use another run_dir=..."
-            )
-        if previous is not None and previous != cfg_hash and saved_cfg.get("generator_device") not in (
-            None, generator_device
-        ):
-            raise ConfigError(
-                f"run folder {run_dir} drew its noise on {saved_cfg.generator_device}, this run would draw it on "
-                f"{generator_device}, which gives other images for the same seeds: resume it with "
-                f"sample.generator_device={saved_cfg.generator_device}, or use another run_dir=..."
-            )
-        if previous is not None and previous != cfg_hash:
-            raise ConfigError(
-                f"run folder {run_dir} holds a run with other settings (config hash {previous}, now {cfg_hash}); "
-                f"use another run_dir=... or remove the folder"
-            )
 
 
 def sampling_settings(cfg: DictConfig) -> SamplingSettings:
@@ -123,7 +86,7 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     cfg_hash = config_mod.config_hash(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     semantics = config_mod.sampler_semantics(cfg)
-    check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg), semantics)
+    check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg), semantics, cfg)
 
     # Everything that can fail without weights fails here: the family, then every prompt's items.
     backend_cls = backend_class(source)

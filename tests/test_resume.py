@@ -1,0 +1,57 @@
+"""A refusal changes nothing (asyndm/resume.py): a run that may not go into its folder is refused in
+one line, naming what differs, before Hydra or the sampler writes anything there."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = ["model=tiny", "prompts.limit=1", "sample.images_per_prompt=1", "sample.batch_size=1", "device=cpu",
+       "progress=false"]
+
+
+def asyndm(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "asyndm", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file's content digest and modification time (ns)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume") / "run"
+    done = asyndm(folder.parent, *RUN, "sample.steps=3", f"run_dir={folder}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder
+
+
+def test_a_refused_resume_leaves_every_file_untouched_and_names_what_differs(finished_run):
+    before = snapshot(finished_run)
+    assert ".hydra/config.yaml" in before and "status.json" in before and "manifest.csv" in before
+    done = asyndm(finished_run.parent, *RUN, "sample.steps=4", "curve=lin", f"run_dir={finished_run}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("asyndm: error: run folder") and "sample.steps 3 → 4" in error and "curve.name 'bin' → 'lin'" in error
+    assert snapshot(finished_run) == before  # bytes and modification times: nothing was rewritten
+
+
+def test_the_same_command_still_resumes_the_folder(finished_run):
+    done = asyndm(finished_run.parent, *RUN, "sample.steps=3", f"run_dir={finished_run}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "0 of 1 batches to sample" in done.stdout + done.stderr
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    done = asyndm(tmp_path, "sample.steps=3", f"run_dir={target}")
+    assert done.returncode == 2 and f"run_dir={target} is a file" in done.stderr and "Traceback" not in done.stderr
+    assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
