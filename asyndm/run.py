@@ -90,6 +90,13 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
 
     # Everything that can fail without weights fails here: the family, then every prompt's items.
     backend_cls = backend_class(source)
+    step = backend_cls.size_step(source)
+    for side in ("height", "width"):
+        value = cfg.sample.get(side)
+        if value is not None and step and value % step:
+            below, above = max(step, value // step * step), (value // step + 1) * step
+            raise ConfigError(f"sample.{side}={value}: this model needs a multiple of {step} pixels (its VAE, and "
+                              f"the grids its timesteps and masks live on); use {below} or {above}")
     token_mode = item_token_mode(cfg)
     resolution = cfg.mask.resolution
     if resolution is not None:

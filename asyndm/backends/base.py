@@ -124,6 +124,12 @@ class Backend(ABC):
         return lambda prompt, items, legacy, mode: ItemTokens(item_token_positions(tokenizer, prompt, items, legacy, mode))
 
     @classmethod
+    def size_step(cls, source: str) -> int | None:
+        """Image height and width must be multiples of this many pixels for this model, from its configs
+        alone (no weights), so a wrong ``sample.height`` is refused before loading; None: not known."""
+        return None
+
+    @classmethod
     def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int] | None:
         """The grid sides a mask can be read at for that image size, from the configs alone (no
         weights), so ``mask.resolution`` is checked before loading; None where not known cheaply."""

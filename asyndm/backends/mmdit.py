@@ -109,6 +109,19 @@ class FlowTransformerBackend(Backend):
         height, width = latents.shape[-2:]
         return height // self.patch, width // self.patch
 
+    @classmethod
+    def config_patch(cls, source: str) -> int:
+        """Latent pixels per image token, from the configs alone (Flux: its fixed 2×2 packing)."""
+        return cls.patch
+
+    @classmethod
+    def size_step(cls, source: str) -> int:
+        """The VAE's factor times the latent pixels per token, from the configs."""
+        from diffusers import AutoencoderKL
+
+        vae_config = sources.from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
+        return 2 ** (len(vae_config["block_out_channels"]) - 1) * cls.config_patch(source)
+
     def _check_size(self, height: int, width: int) -> None:
         step = self.vae_scale_factor * self.patch
         if height % step or width % step:

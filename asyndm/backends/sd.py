@@ -76,17 +76,33 @@ class StableDiffusionBackend(Backend):
         return StableDiffusionPipeline.from_pretrained(source, requires_safety_checker=False, **kwargs)
 
     @classmethod
+    def _vae_scale(cls, source: str) -> int:
+        """Pixels per latent pixel from the VAE config; 1 for a pixel-space pipeline saved without a VAE."""
+        from diffusers import AutoencoderKL
+
+        try:
+            vae_config = sources.from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
+        except (OSError, ValueError):
+            return 1
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+    @classmethod
+    def size_step(cls, source: str) -> int:
+        """The VAE's factor times the UNet's downsampling (its per-pixel timesteps are subsampled on
+        every block's grid, §5), and at least 4 latent pixels (the mask's default grid is latent/4, §6)."""
+        from diffusers import UNet2DConditionModel
+
+        unet_config = sources.from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
+        return cls._vae_scale(source) * max(2 ** (len(unet_config["block_out_channels"]) - 1), 4)
+
+    @classmethod
     def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int]:
         """Query-grid sides of the cross-attention layers, from the UNet and VAE configs (a UNet
         built on the meta device: its block structure without weights)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
         unet_config = sources.from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
-        try:
-            vae_config = sources.from_pretrained(AutoencoderKL.load_config, source, subfolder="vae")
-            scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-        except (OSError, ValueError):  # a pixel-space pipeline saved without a VAE
-            scale = 1
+        scale = cls._vae_scale(source)
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(unet_config)
         size = unet_config["sample_size"]

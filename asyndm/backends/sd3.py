@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import sources
 from ..flow import scheduler_timesteps
 from ..joint_attention import sd3_query_keys
 from .base import ItemTokens, PromptConditioning, TextConditioning
@@ -42,6 +43,12 @@ class StableDiffusion3Backend(FlowTransformerBackend):
     @property
     def patch(self) -> int:
         return int(self.transformer.config.patch_size)
+
+    @classmethod
+    def config_patch(cls, source: str) -> int:
+        from diffusers import SD3Transformer2DModel
+
+        return int(sources.from_pretrained(SD3Transformer2DModel.load_config, source, subfolder="transformer")["patch_size"])
 
     @property
     def latent_channels(self) -> int:
