@@ -204,6 +204,21 @@ def planned_jobs(multirun_cfg: DictConfig) -> list[tuple[str, list[str]]] | None
         return None
 
 
+def owner_alive(record: dict) -> bool | None:
+    """Whether the process a "running" status names still runs: False when it ran on this host and is
+    gone (killed, crashed), None where that cannot be told (another host, no pid)."""
+    pid, host = record.get("pid"), record.get("host")
+    if record.get("status") != "running" or not pid or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError):
+        return None
+    return True
+
+
 def job_state(job_dir: Path) -> tuple[str, str]:
     """('ok' | 'failed', note) of one job folder, from its status file(s) and summary.csv."""
     records = []
@@ -216,7 +231,12 @@ def job_state(job_dir: Path) -> tuple[str, str]:
     failed = [r for r in records if r.get("status") == "failed"]
     if failed:
         return "failed", str(failed[0].get("error") or "failed")
-    if any(r.get("status") != "completed" for r in records):
+    unfinished = [r for r in records if r.get("status") != "completed"]
+    if unfinished:
+        dead = [r for r in unfinished if owner_alive(r) is False]
+        if dead:
+            return "failed", (f"interrupted: its process (pid {dead[0].get('pid')} on {dead[0].get('host')}) is gone; "
+                              f"rerun the same command to resume it")
         return "failed", NOT_FINISHED
     if has_summary:
         return "ok", ""

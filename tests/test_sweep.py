@@ -203,3 +203,22 @@ def test_failing_job_does_not_stop_the_sweep_or_its_summary(tmp_path):
     assert report([str(sweep)]) == 0  # on demand: asyndm-report <sweep folder>
     pd.testing.assert_frame_equal(pd.read_csv(sweep / "sweep_summary.csv"), table)
     assert (sweep / "report.html").is_file()
+
+
+def test_a_running_status_whose_process_is_gone_reads_as_interrupted(tmp_path):
+    import socket
+
+    from asyndm.sweep import NOT_FINISHED, job_state
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process that has exited
+    job = tmp_path / "job"
+    job.mkdir()
+    status = {"status": "running", "host": socket.gethostname(), "pid": dead_pid}
+    (job / "status.json").write_text(json.dumps(status))
+    state, note = job_state(job)
+    assert state == "failed" and note.startswith("interrupted") and str(dead_pid) in note
+    (job / "status.json").write_text(json.dumps({**status, "pid": os.getpid()}))  # this process: alive
+    assert job_state(job) == ("failed", NOT_FINISHED)
+    (job / "status.json").write_text(json.dumps({**status, "host": "another-host"}))  # cannot tell: unfinished
+    assert job_state(job) == ("failed", NOT_FINISHED)
