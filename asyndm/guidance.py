@@ -55,8 +55,8 @@ class StepContext:
     next_states: torch.Tensor  # (B, h, w)
     eta: float
     generators: list
-    backend: "Backend"
-    tokens: ItemTokens | None = None  # the prompt's items, for rules that act on them (Attend-and-Excite)
+    backend: Any  # the family's Backend (asyndm/backends/base.py), for its step and capabilities
+    tokens: Any = None  # the prompt's ItemTokens, for rules that act on them (Attend-and-Excite)
 
 
 class GuidanceRule(Protocol):

@@ -20,10 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .backends.base import Backend, ItemAttention, ItemTokens, PromptConditioning, StepContext
+from .backends.base import Backend, ItemAttention, ItemTokens
+from .conditioning import PromptConditioning
 from .callbacks import MeanItemMaps, StepInfo
 from .curves import Curves
-from .guidance import GuidanceRule
+from .guidance import GuidanceRule, StepContext
 from .masks import masks_from_attention
 from .settings import MASK_MODES
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .backends.base import Timeline
+from .timeline import Timeline
 from .curves import Curves
 
 

@@ -31,8 +31,8 @@ from evaluation.pipeline import run_after_sampling
 
 from . import config as config_mod
 from .errors import AsyndmError
-from .plan import files_for, load_run_prompts, manifest_rows, plan_batches, shard_batches
-from .run_folder import atomic_write_bytes, manifest_name, shard_suffix, write_table
+from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
+from .run_folder import atomic_write_bytes, write_table
 from .sweep import write_status
 from .variants import ordered
 

@@ -12,7 +12,6 @@ from evaluation.caption_bertscore import (CAPTION_TEMPLATE, EMPTY, F1, BertScore
 from evaluation.cli import CONF_DIR
 from evaluation.offline.fake_run import make_fake_run
 from evaluation.scoring import score_run
-from evaluation.vlm_judge import VlmJudge  # noqa: F401  (registers vlm_judge)
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 
 from asyndm.config import CONF_DIR, register_resolvers
 from asyndm.run import plan_batches, run, sample_run
-from asyndm.shard import MergeError, merge_shards, shard_batches
+from asyndm.plan import shard_batches
+from asyndm.shard import MergeError, merge_shards
 from asyndm.sweep import job_state
 
 # 2 prompts × 3 images in batches of 2: 4 batches (2 + 1 per prompt); dm and asyndm (dm_concave adds

@@ -20,7 +20,7 @@ import torch
 
 from .. import sources
 from ..conditioning import PromptConditioning, TextConditioning
-from ..guidance import ClassifierFreeGuidance, Prediction, StepContext
+from ..guidance import ClassifierFreeGuidance, Prediction
 from ..timeline import Timeline
 from ..tokens import item_token_positions
 

@@ -24,7 +24,9 @@ import torch
 
 from ..flow import flux_timesteps
 from ..joint_attention import flux_query_keys, flux_recorded_attention
-from .base import ItemTokens, Prediction, PromptConditioning, TextConditioning
+from ..conditioning import PromptConditioning, TextConditioning
+from ..guidance import Prediction
+from .base import ItemTokens
 from .mmdit import FlowTransformerBackend
 from .sd3 import middle_blocks
 

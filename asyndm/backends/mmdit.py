@@ -31,7 +31,10 @@ from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
 from ..tokens import item_token_positions
-from .base import Backend, ItemAttention, ItemTokens, Prediction, TextConditioning, Timeline
+from ..conditioning import TextConditioning
+from ..guidance import Prediction
+from ..timeline import Timeline
+from .base import Backend, ItemAttention, ItemTokens
 
 TEXT_TIMESTEPS = ("linear", "min", "mean", "max")
 

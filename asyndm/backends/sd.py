@@ -22,7 +22,10 @@ from ..ddim import ddim_step
 from ..errors import ModelError
 from ..pixel_timesteps import PixelTimestepUNet, check_supported
 from ..tokens import item_token_positions
-from .base import Backend, ItemAttention, ItemTokens, Prediction, PromptConditioning, TextConditioning, Timeline
+from ..conditioning import PromptConditioning, TextConditioning
+from ..guidance import Prediction
+from ..timeline import Timeline
+from .base import Backend, ItemAttention, ItemTokens
 
 
 class UNetItemAttention(ItemAttention):
@@ -99,7 +102,7 @@ class StableDiffusionBackend(Backend):
     def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int]:
         """Query-grid sides of the cross-attention layers, from the UNet and VAE configs (a UNet
         built on the meta device: its block structure without weights)."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
         unet_config = sources.from_pretrained(UNet2DConditionModel.load_config, source, subfolder="unet")
         scale = cls._vae_scale(source)

@@ -13,7 +13,8 @@ import numpy as np
 from .. import sources
 from ..flow import scheduler_timesteps
 from ..joint_attention import sd3_query_keys
-from .base import ItemTokens, PromptConditioning, TextConditioning
+from ..conditioning import PromptConditioning, TextConditioning
+from .base import ItemTokens
 from .mmdit import FlowTransformerBackend
 
 

@@ -25,7 +25,8 @@ import torch
 from .. import sources
 from ..errors import ModelError, PromptError
 from ..tokens import item_token_positions
-from .base import ItemTokens, PromptConditioning, TextConditioning
+from ..conditioning import PromptConditioning, TextConditioning
+from .base import ItemTokens
 from .sd import StableDiffusionBackend
 
 TOKENIZERS = ("tokenizer", "tokenizer_2")
