@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .run_folder import MANIFEST_COLUMNS, image_file, latent_file, mask_file
+from .run_folder import MANIFEST_COLUMNS, image_file, intact, latent_file, mask_file
 from .prompts import PromptSpec, load_prompts
 from .variants import get_variant
 
@@ -55,8 +55,9 @@ def files_for(job: ImageJob, variant: str, save_cfg) -> list[str]:
 
 
 def missing_variants(run_dir: Path, batch: list[ImageJob], variants: list[str], save_cfg) -> list[str]:
+    """The variants with a file of this batch that is absent or does not read back whole (damaged)."""
     return [
-        v for v in variants if any(not (run_dir / f).is_file() for job in batch for f in files_for(job, v, save_cfg))
+        v for v in variants if any(not intact(run_dir / f) for job in batch for f in files_for(job, v, save_cfg))
     ]
 
 
@@ -65,7 +66,7 @@ def manifest_rows(run_dir: Path, batches: list[list[ImageJob]], variants: list[s
     for batch in batches:
         for job in batch:
             for variant in variants:
-                if (run_dir / image_file(job.image_idx, variant)).is_file():
+                if intact(run_dir / image_file(job.image_idx, variant)):
                     rows.append(
                         {
                             "image_idx": job.image_idx,

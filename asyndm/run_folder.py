@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 # manifest.csv: one row per finished image. ``config_hash`` names the run that wrote it (evaluation
 # reads folders written without it too).
@@ -48,6 +51,32 @@ def manifest_name(index: int, count: int) -> str:
 def timesteps_name(index: int, count: int) -> str:
     """Each shard traces its own batches' timesteps; the merge concatenates them."""
     return f"timesteps{shard_suffix(index, count)}.csv"
+
+
+def intact(path: Path) -> bool:
+    """The file is there and reads back whole: a PNG decodes, a .npy loads. A resume counts only intact
+    files as done, so a file truncated or damaged after it was written is sampled again."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return False
+    return _reads_back(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=None)
+def _reads_back(path: str, size: int, mtime_ns: int) -> bool:
+    """Keyed by size and modification time too: a file rewritten since is read again."""
+    try:
+        if path.endswith(".png"):
+            with Image.open(path) as image:
+                image.load()
+        elif path.endswith(".npy"):
+            np.load(path, allow_pickle=False)
+        else:
+            return size > 0
+    except Exception:  # noqa: BLE001 - any failure to read it back means it is not done
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ atomic writes

@@ -445,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _report(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:  # a folder that is not (or no longer) a run
-        print(f"asyndm-report: error: {' '.join(str(error).split())}", file=sys.stderr)
+    except (OSError, ValueError, KeyError) as error:  # a folder that is not (or no longer) a run, a damaged file
+        print(f"asyndm-report: error: {' '.join(str(error).split())}; rerun the asyndm command that made the "
+              f"run to restore damaged files", file=sys.stderr)
         return 2
 
 

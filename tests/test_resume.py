@@ -55,3 +55,33 @@ def test_a_run_dir_that_is_a_file_is_refused_before_anything_is_written(tmp_path
     done = asyndm(tmp_path, "sample.steps=3", f"run_dir={target}")
     assert done.returncode == 2 and f"run_dir={target} is a file" in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished run that saves latents and masks too, and every file's digest."""
+    folder = tmp_path_factory.mktemp("damaged") / "run"
+    done = asyndm(folder.parent, *RUN, "sample.steps=3", "save.latents=true", "save.masks=true", f"run_dir={folder}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder, {k: v[0] for k, v in snapshot(folder).items()}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "delete"])
+def test_damaged_images_latents_and_masks_are_sampled_again_byte_identical(saved_run, damage):
+    folder, original = saved_run
+    hurt = ["images/00000_dm.png", "latents/00000_asyndm.npy", "masks/00000_asyndm.png"]
+    for name in hurt:
+        path = folder / name
+        if damage == "truncate":
+            path.write_bytes(path.read_bytes()[:300])
+        elif damage == "zero":
+            path.write_bytes(b"\0" * path.stat().st_size)
+        else:
+            path.unlink()
+    done = asyndm(folder.parent, *RUN, "sample.steps=3", "save.latents=true", "save.masks=true", f"run_dir={folder}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    now = {k: v[0] for k, v in snapshot(folder).items()}
+    for name in hurt:
+        assert now[name] == original[name], f"{name} was not restored byte for byte ({damage})"
+    for name in ("images/00000_asyndm.png", "images/00000_dm_concave.png", "manifest.csv"):
+        assert now[name] == original[name], name  # what was intact is left as it was
