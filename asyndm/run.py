@@ -45,6 +45,7 @@ from .run_folder import (
     latent_file,
     manifest_name,
     mask_file,
+    read_table,
     timesteps_name,
     write_table,
 )
@@ -164,7 +165,7 @@ def update_timesteps(path: Path, rows: pd.DataFrame) -> None:
     """timesteps.csv: per image, variant and step, the mean timestep of item and background pixels;
     rows of images sampled again replace their earlier rows."""
     if path.is_file():
-        old = pd.read_csv(path)
+        old = read_table(path)
         keys = set(zip(rows.image_idx, rows.variant))
         old = old[[(i, v) not in keys for i, v in zip(old.image_idx, old.variant)]]
         rows = pd.concat([old, rows], ignore_index=True)

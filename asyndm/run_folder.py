@@ -7,7 +7,9 @@ killed run leaves nothing half-written that counts as done. Writers take ``(path
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 # manifest.csv: one row per finished image. ``config_hash`` names the run that wrote it (evaluation
 # reads folders written without it too).
@@ -77,6 +81,18 @@ def _reads_back(path: str, size: int, mtime_ns: int) -> bool:
     except Exception:  # noqa: BLE001 - any failure to read it back means it is not done
         return False
     return True
+
+
+def read_table(path: Path, **read_csv) -> pd.DataFrame:
+    """A table of the run folder, without a last row cut short. Every table is written whole and ends
+    in a newline, so text after the last newline is a row cut mid-write or a damaged tail: it is
+    dropped (and said), never read as a row with missing values. ``read_csv``: pandas' options."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        cut = text.rfind("\n") + 1
+        log.warning("%s: its last row is cut short (%r); it is left out and will be redone", path, text[cut:][:60])
+        text = text[:cut]
+    return pd.read_csv(io.StringIO(text), **read_csv)
 
 
 # ------------------------------------------------------------------ atomic writes

@@ -32,7 +32,7 @@ from evaluation.pipeline import run_after_sampling
 from . import config as config_mod
 from .errors import AsyndmError
 from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
-from .run_folder import atomic_write_bytes, write_table
+from .run_folder import atomic_write_bytes, read_table, write_table
 from .sweep import write_status
 from .variants import ordered
 
@@ -122,7 +122,7 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise MergeError(f"{len(missing)} files of the run are in no shard folder ({', '.join(missing[:3])}{more}): "
                          f"a shard did not finish; rerun its command (it resumes) and merge again")
-    traces = [pd.read_csv(p) for d in shard_dirs for p in sorted(d.glob("timesteps.shard-*-of-*.csv"))]
+    traces = [read_table(p) for d in shard_dirs for p in sorted(d.glob("timesteps.shard-*-of-*.csv"))]
     if traces:
         merged = pd.concat(traces, ignore_index=True).drop_duplicates(["image_idx", "variant", "step"])
         write_table(out_dir / "timesteps.csv", merged.sort_values(["variant", "image_idx", "step"], kind="stable"))

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from asyndm.run_folder import MANIFEST_REQUIRED, RESULT_COLUMNS, mask_file
+from asyndm.run_folder import MANIFEST_REQUIRED, RESULT_COLUMNS, mask_file, read_table
 from evaluation.variants import order_variants
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     # keep_default_na=False: an empty category stays "", and a prompt "None" stays a string.
-    return pd.read_csv(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    return read_table(path, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
 
 
 def read_manifest(run_dir: Path) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from asyndm.run_folder import read_table
 from evaluation.variants import BASELINE, variant_key
 
 ALL = "all"
@@ -148,7 +149,7 @@ def read_summary(path) -> pd.DataFrame:
     which is what it was computed with."""
     numeric = ("mean", "std", "ci95_low", "ci95_high", "n_pairs", "diff_vs_dm_mean", "diff_vs_dm_ci95_low",
                "diff_vs_dm_ci95_high")
-    summary = pd.read_csv(path, keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in numeric})
+    summary = read_table(path, keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in numeric})
     summary["category"] = summary["category"].astype(str)
     if "ci95_method" not in summary.columns:
         summary["ci95_method"] = T

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from asyndm.curve_shapes import closed_form
+from asyndm.run_folder import read_table
 from evaluation.io import read_manifest
 from evaluation.variants import order_variants
 
@@ -46,7 +47,7 @@ def read_timesteps(run_dir: Path) -> pd.DataFrame | None:
         run_dir.glob("timesteps.shard-*-of-*.csv"))
     if not files:
         return None
-    trace = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    trace = pd.concat([read_table(f) for f in files], ignore_index=True)
     missing = [c for c in TRACE_COLUMNS if c not in trace.columns]
     if missing:
         raise ValueError(f"{files[0]} lacks columns {missing}; it has {list(trace.columns)}")

@@ -85,3 +85,26 @@ def test_damaged_images_latents_and_masks_are_sampled_again_byte_identical(saved
         assert now[name] == original[name], f"{name} was not restored byte for byte ({damage})"
     for name in ("images/00000_asyndm.png", "images/00000_dm_concave.png", "manifest.csv"):
         assert now[name] == original[name], name  # what was intact is left as it was
+
+
+def test_a_results_table_cut_mid_row_is_rescored_and_no_partial_row_becomes_a_metric(tmp_path):
+    folder = tmp_path / "scored"
+    args = [*RUN, "sample.steps=3", "eval=[clip_tiny]", f"run_dir={folder}"]
+    assert asyndm(tmp_path, *args).returncode == 0
+    results, summary = (folder / "results.csv").read_bytes(), (folder / "summary.csv").read_bytes()
+    (folder / "results.csv").write_bytes(results[:-7])  # the last row cut in its value
+    done = asyndm(tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "last row is cut short" in done.stdout + done.stderr
+    assert (folder / "results.csv").read_bytes() == results  # the lost row scored again, nothing else changed
+    assert (folder / "summary.csv").read_bytes() == summary
+
+
+def test_read_table_leaves_out_a_cut_last_row(tmp_path):
+    from asyndm.run_folder import read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n3,")
+    assert read_table(path).to_dict("list") == {"a": [1], "b": [2]}
+    path.write_text("a,b\n1,2\n3,4\n")
+    assert read_table(path).to_dict("list") == {"a": [1, 3], "b": [2, 4]}
