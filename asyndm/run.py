@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from evaluation import registry
 from evaluation.pipeline import run_after_sampling
 
 from . import config as config_mod
@@ -106,6 +107,13 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
             raise ConfigError(f"mask.resolution={resolution}: this model has no attention layer on a "
                               f"{resolution}-sided grid at this image size; choose one of {available} "
                               f"(or null: latent side / 4)")
+    evaluators = cfg.get("eval")
+    evaluators = OmegaConf.to_container(evaluators, resolve=True) if OmegaConf.is_config(evaluators) else {}
+    for name, settings in (evaluators or {}).items():
+        try:  # each evaluator's weights can be had (or are downloaded now), before any image is sampled
+            registry.check(name, settings)
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            raise ConfigError(" ".join(str(err).strip("'\"").split())) from None
     oracle = load_oracle(cfg.prompts.oracle_masks) if oracle_variants(cfg.variants) else None
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:

@@ -104,6 +104,13 @@ class BertScorer:
 class CaptionBertScore:
     """BERTScore F1 between each prompt and the VLM's caption of its image (the paper's BERTScore)."""
 
+    @staticmethod
+    def check_weights(model: str, scorer_model: str, **_) -> None:
+        from evaluation.offline.tiny_bert import tiny_bert_dir
+
+        resolve_model(str(model), "eval.caption_bertscore.model")
+        resolve_model(str(scorer_model), "eval.caption_bertscore.scorer_model", tiny_dir=tiny_bert_dir)
+
     def __init__(self, model: str = DEFAULT_MODEL, caption_template_version: str = CAPTION_TEMPLATE_VERSION,
                  caption_template: str = CAPTION_TEMPLATE, max_new_tokens: int = 64, batch_size: int = 8,
                  device: str = "auto", dtype: str = "auto", scorer_model: str = SCORER_MODEL,

@@ -100,8 +100,13 @@ def _pick_device(device: str) -> torch.device:
 class ClipScore:
     """Raw image-text cosine from an open_clip model (default: the paper's ViT-H-14, LAION-2B)."""
 
+    @staticmethod
+    def check_weights(arch: str, pretrained: str, **_) -> None:
+        resolve_weights(arch, pretrained)
+
     def __init__(self, arch: str = "ViT-H-14", pretrained: str = "laion2b_s32b_b79k",
                  batch_size: int = 32, device: str = "auto", precision: str = "fp32"):
+        """Loads the model; ``check_weights`` with the same settings says first whether it can be had."""
         import open_clip
 
         model_name, weights = resolve_weights(arch, pretrained)

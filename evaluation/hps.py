@@ -71,6 +71,10 @@ class HpsTransform:
 class HpsV2Score:
     """HPSv2 (default v2.1) preference score per (image, prompt)."""
 
+    @staticmethod
+    def check_weights(checkpoint: str, arch: str, **_) -> None:
+        resolve_checkpoint(str(checkpoint), str(arch))
+
     def __init__(self, checkpoint: str = "v2.1", arch: str = "ViT-H-14", batch_size: int = 16,
                  device: str = "auto", precision: str = "amp"):
         import open_clip

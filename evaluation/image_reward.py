@@ -87,6 +87,10 @@ def image_transform(image_size: int):
 class ImageRewardScore:
     """ImageReward-v1.0 reward per (image, prompt), on the BLIP port of the official checkpoint."""
 
+    @staticmethod
+    def check_weights(checkpoint: str, med_config: str | None, **_) -> None:
+        resolve_files(str(checkpoint), med_config)
+
     def __init__(self, checkpoint: str = DEFAULT_CHECKPOINT, med_config: str | None = None,
                  tokenizer: str = TOKENIZER, vision_heads: int = VIT_L_HEADS, batch_size: int = 16,
                  device: str = "auto"):

@@ -24,6 +24,15 @@ MAX_TOKENS = 77
 class PickScore:
     """PickScore per (image, prompt)."""
 
+    @staticmethod
+    def check_weights(model: str, processor: str, **_) -> None:
+        from evaluation.offline.tiny_pickscore import tiny_pickscore_dir
+        from evaluation.vlm import resolve_model
+
+        resolve_model(str(model), "eval.pickscore.model", tiny_dir=tiny_pickscore_dir)
+        resolve_model(str(processor), "eval.pickscore.processor", tiny_dir=tiny_pickscore_dir,
+                      marker="preprocessor_config.json")
+
     def __init__(self, model: str = MODEL, processor: str = PROCESSOR, batch_size: int = 16,
                  device: str = "auto", dtype: str = "float32"):
         from transformers import AutoTokenizer, CLIPModel

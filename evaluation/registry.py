@@ -9,6 +9,7 @@ loads CLIP once.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable, Protocol
 
@@ -79,6 +80,21 @@ def metric_names(name: str, cfg: dict[str, Any]) -> list[str]:
     """Names of the metrics the evaluator of `eval.<name>` writes, without building it."""
     cls, kwargs = resolve(name, cfg)
     return list(cls.metric_names(**kwargs))
+
+
+def check(name: str, cfg: dict[str, Any]) -> None:
+    """Fail now where the evaluator of ``eval.<name>`` cannot be had: an unknown setting, or weights that
+    are neither a local file nor in the cache while offline (downloaded now when online). Runs before
+    any image is sampled; evaluators without weights (a ``check_weights`` classmethod) pass."""
+    cls, kwargs = resolve(name, cfg)
+    try:
+        bound = inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"eval.{name}: {err}; see conf/eval/{name}.yaml for its settings") from None
+    bound.apply_defaults()
+    checker = getattr(cls, "check_weights", None)
+    if checker is not None:
+        checker(**bound.arguments)
 
 
 def build(name: str, cfg: dict[str, Any]) -> Evaluator:

@@ -16,7 +16,7 @@ import re
 
 from PIL import Image
 
-from evaluation.vlm import fill_template, load_vlm
+from evaluation.vlm import fill_template, load_vlm, resolve_model
 
 SCORE = "vlm/score"
 UNPARSEABLE = "vlm/unparseable"
@@ -75,6 +75,10 @@ def _single(found: list[str], scale_min: float, scale_max: float) -> float | Non
 
 class VlmJudge:
     """Per-image alignment rating by a chat VLM (the paper's QwenScore), with unparseable answers counted."""
+
+    @staticmethod
+    def check_weights(model: str, **_) -> None:
+        resolve_model(str(model), "eval.vlm_judge.model")
 
     def __init__(self, model: str = DEFAULT_MODEL, template_version: str = TEMPLATE_VERSION,
                  template: str = TEMPLATE, scale_min: float = 1, scale_max: float = 10,

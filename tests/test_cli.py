@@ -67,6 +67,8 @@ BAD = {
     "steps not a whole number": (["sample.steps=2.5"], "sample.steps=2.5: not a valid int"),
     "k not a number": (["k=abc"], "k=abc: 'abc' is not a number"),
     "variant option of the wrong type": (["variant.cfgpp.scale=abc"], "variant.cfgpp.scale=abc"),
+    "evaluator weights not in the cache": (["eval=[clip]"], "CLIP weights ViT-H-14/laion2b_s32b_b79k are not in the local cache"),
+    "evaluator setting unknown": (["eval=[clip_tiny]", "+eval.clip.resolution=9"], "eval.clip: got an unexpected keyword"),
     "generator device": (["sample.generator_device=tpu"], "sample.generator_device=tpu"),
     "oracle without a world": (["prompts=animal", "variants=[dm,asyndm_oracle]"], "names no prompts.oracle_masks"),
     "oracle function missing": (["variants=[dm,asyndm_oracle]", "prompts.oracle_masks=evaluation.shapes:nothing"],
