@@ -64,6 +64,9 @@ def _read_jsonl(path: Path) -> list[PromptSpec]:
             raise PromptError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from err
         if not isinstance(row, dict) or "prompt" not in row or "items" not in row or "k" not in row:
             raise PromptError(f"{where}: each line needs the keys 'prompt', 'items' and 'k'")
+        if not isinstance(row["items"], list):  # "cat" would be read letter by letter
+            raise PromptError(f"{where}: \"items\" must be a list of words, e.g. [\"{row['items']}\"], "
+                              f"not {json.dumps(row['items'])}")
         k = row["k"] if isinstance(row["k"], list) else [row["k"]] * len(row["items"])
         known = {"prompt", "items", "k", "legacy_item_idx", "category"}
         spec = PromptSpec(
@@ -119,6 +122,9 @@ def _read_legacy(path: Path, items_path: Path | None) -> list[PromptSpec]:
 
 def _check_k(spec: PromptSpec, where: str) -> None:
     for value in spec.k:
+        if isinstance(value, str):
+            raise PromptError(f"{where}: k={value!r} for prompt '{spec.prompt}' is a string; write the number "
+                              f"without quotes (\"k\": 0.5)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise PromptError(
                 f"{where}: k={value!r} for prompt '{spec.prompt}' is outside (0, 1]; typical k: 0.3, 0.5, 0.7"

@@ -42,7 +42,7 @@ def test_item_word_not_in_prompt(tmp_path):
         load_prompts(part_of_a_word)
 
 
-@pytest.mark.parametrize("bad_k", [0, 0.0, -0.2, 1.01, 2, "0.5", True, None])
+@pytest.mark.parametrize("bad_k", [0, 0.0, -0.2, 1.01, 2, True, None])
 def test_k_outside_zero_one(tmp_path, bad_k):
     path = write_jsonl(tmp_path, {"prompt": "a cat", "items": ["cat"], "k": [bad_k]})
     with pytest.raises(PromptError, match=rf"{path}:1: k={bad_k!r} .*outside \(0, 1\]"):
@@ -171,3 +171,20 @@ def test_shipped_sets_load_identically_in_both_formats(name):
     assert [s.legacy_item_idx for s in modern] == [s.legacy_item_idx for s in legacy]
     assert [s.index for s in modern] == list(range(40))
     assert all(len(s.items) == len(s.k) >= 1 for s in modern)
+
+
+@pytest.mark.parametrize("row,says", [
+    ({"prompt": "a cat on a mat", "items": "cat", "k": 0.5}, '"items" must be a list of words, e.g. ["cat"]'),
+    ({"prompt": "a cat on a mat", "items": ["cat"], "k": "0.5"}, "k='0.5' for prompt 'a cat on a mat' is a string"),
+])
+def test_a_prompt_file_line_of_the_wrong_type_is_refused_naming_file_and_line(tmp_path, row, says):
+    import json
+
+    from asyndm.errors import PromptError
+    from asyndm.prompts import load_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "a dog", "items": ["dog"], "k": 0.5}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(PromptError, match=f"{path}:2: ") as refused:
+        load_prompts(str(path), None, None)
+    assert says in str(refused.value)
