@@ -75,7 +75,7 @@ def sampling_settings(cfg: DictConfig) -> SamplingSettings:
         width=s.get("width"),
         true_cfg_scale=s.get("true_cfg_scale", 1.0),
         generator_device=config_mod.generator_device(cfg),
-        variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # conf/variant/
+        variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # asyndm/options/
         show_progress=cfg.progress,
     )
 

@@ -4,7 +4,7 @@ A `StableDiffusionPipeline` without a VAE: the UNet denoises 32×32 RGB images d
 cross-attention at 16×16 and 8×8, conditioned by a small `CLIPTextModel` that reads the real CLIP
 BPE tokenizer (so item words resolve exactly as for Stable Diffusion). It predicts x0
 (`prediction_type="sample"`), which gives clean white backgrounds in this world. Saved with
-`save_pretrained`, it loads through `asyndm.models.load_model` like any SD checkpoint.
+`save_pretrained`, it loads through `asyndm.models.load_backend` like any SD checkpoint.
 """
 
 from __future__ import annotations

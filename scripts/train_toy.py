@@ -8,7 +8,7 @@
 Every training image is rendered on the fly from a random generator seeded by (seed, step), so a
 resumed run sees exactly the batches an uninterrupted one would. Running the same command again
 resumes from `${work_dir}/checkpoint.pt`; `${work_dir}/loss.csv` logs loss and learning rate.
-The saved folder (`out_dir`) holds the EMA weights and loads with `asyndm.models.load_model`.
+The saved folder (`out_dir`) holds the EMA weights and loads with `asyndm.models.load_backend`.
 """
 
 from __future__ import annotations
