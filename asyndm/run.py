@@ -8,6 +8,7 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from .run_folder import (
     write_table,
 )
 from .sampler import SamplingSettings
+from .settings import SampleSettings
 from .sweep import sweep_job
 from .variants import oracle_variants, ordered
 
@@ -58,23 +60,20 @@ log = logging.getLogger(__name__)
 
 
 def sampling_settings(cfg: DictConfig) -> SamplingSettings:
-    """The settings that decide the images, from the run's config."""
-    s = cfg.sample
+    """The settings that decide the images, from the run's config. Every ``sample.*`` key the sampler
+    has a field of the same name for is passed on by name, so a new one is a field in SampleSettings
+    (asyndm/settings.py) and one in SamplingSettings, and nothing here."""
+    sampler_fields = {f.name for f in dataclasses.fields(SamplingSettings)}
+    sample = {f.name: cfg.sample.get(f.name, f.default) for f in dataclasses.fields(SampleSettings)
+              if f.name in sampler_fields}
     return SamplingSettings(
-        steps=s.steps,
-        eta=s.eta,
-        guidance_scale=s.guidance_scale,
-        negative_prompt=s.negative_prompt,
+        **{**sample, "generator_device": config_mod.generator_device(cfg)},  # auto resolved (asyndm/devices.py)
         curve=cfg.curve.name,
         curve_semantics=cfg.curve.get("semantics", "reference"),
         mask_mode=cfg.mask.name,
         mask_threshold=cfg.mask.threshold,
         mask_resolution=cfg.mask.resolution,
         mask_blocks=tuple(cfg.mask.blocks) if cfg.mask.get("blocks") is not None else None,
-        height=s.get("height"),
-        width=s.get("width"),
-        true_cfg_scale=s.get("true_cfg_scale", 1.0),
-        generator_device=config_mod.generator_device(cfg),
         variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # asyndm/options/
         show_progress=cfg.progress,
     )
