@@ -32,7 +32,7 @@ def main() -> None:
         print(f"asyndm: error: {problem}", file=sys.stderr)
         sys.exit(2)
     if _overrides_only(argv):  # one job: composed here, so a refusal or a dry run leaves no trace
-        code = _single_job(argv, dry=_is_dry_run(argv))
+        code = _single_job(argv)
         if code is not None:
             sys.exit(code)
     hydra_main()
@@ -43,11 +43,7 @@ def _overrides_only(argv: list[str]) -> bool:
     return not any(arg.startswith("-") for arg in argv)
 
 
-def _is_dry_run(argv: list[str]) -> bool:
-    return any(arg.lstrip("+~").partition("=")[::2] in (("dry_run", v) for v in ("true", "True", "1")) for arg in argv)
-
-
-def _single_job(argv: list[str], dry: bool) -> int | None:
+def _single_job(argv: list[str]) -> int | None:
     """Compose the job's config here (Hydra's job runner would first create its folder and write its
     config and log there) and run the checks that need no model (asyndm/resume.py): print the plan
     of a dry run, or refuse in one line; None lets the run go on."""
@@ -62,7 +58,7 @@ def _single_job(argv: list[str], dry: bool) -> int | None:
             del cfg["hydra"]
         config_mod.add_prompt_evaluators(cfg)
         run_dir = Path(cfg.run_dir).absolute()
-        if not dry:
+        if not cfg.get("dry_run"):
             preflight(cfg, run_dir)
             return None  # the note is printed by the run itself
         if note:

@@ -16,7 +16,7 @@ from .settings import (CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, SampleSe
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
-from .sources import pipeline_class  # noqa: E402
+from .sources import pipeline_class
 
 # What decides the images. Batch size, outputs, evaluation and logging do not, so a rerun that
 # changes only those resumes the same folder.
@@ -115,7 +115,8 @@ def stale_rule_variants(variants, revisions) -> list[str]:
     """Those of ``variants`` whose guidance rule changed since ``revisions`` (a folder's recorded
     ``rule_revisions``; a rule not in it: revision 1) were recorded."""
     revisions = revisions or {}
-    return [v for v in variants if revisions.get(v.split("+")[-1], 1) < RULE_REVISIONS.get(v.split("+")[-1], 1)]
+    rule = lambda variant: variant.split("+")[-1]  # noqa: E731 - schedule+guidance: the rule is the guidance's
+    return [v for v in variants if revisions.get(rule(v), 1) < RULE_REVISIONS.get(rule(v), 1)]
 
 
 def device_type(cfg: DictConfig) -> str:

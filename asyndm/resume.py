@@ -62,18 +62,14 @@ def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semanti
 def differing_settings(saved: DictConfig, cfg: DictConfig, most: int = 5) -> str:
     """``key old → new`` for the image-deciding settings where ``saved`` (a folder's config.yaml) and
     ``cfg`` differ, at most ``most`` of them."""
-    def flat(node, prefix=""):
-        if OmegaConf.is_dict(node):
-            items = {}
-            for key in node:
-                items.update(flat(node[key], f"{prefix}{key}."))
-            return items
-        return {prefix[:-1]: OmegaConf.to_container(node) if OmegaConf.is_config(node) else node}
+    def flat(value, prefix=""):
+        if not isinstance(value, dict):
+            return {prefix[:-1]: value}
+        return {key: leaf for name, child in value.items() for key, leaf in flat(child, f"{prefix}{name}.").items()}
 
     def subset(node):
-        keys = [k for k in config_mod.HASHED_KEYS if k in node]
-        return flat(OmegaConf.create({k: OmegaConf.to_container(node[k], resolve=True)
-                                      if OmegaConf.is_config(node[k]) else node[k] for k in keys}))
+        return flat({k: OmegaConf.to_container(node[k], resolve=True) if OmegaConf.is_config(node[k]) else node[k]
+                     for k in config_mod.HASHED_KEYS if k in node})
 
     old, new = subset(saved), subset(cfg)
     ignored = {f"sample.{k}" for k in config_mod.UNHASHED_SAMPLE_KEYS} | {"prompts.evaluators", "prompts.name"}
