@@ -17,7 +17,7 @@ from .dry_run import dry_run
 from .resume import preflight
 from .paths import CONF_DIR
 from .errors import AsyndmError
-from .overrides import normalise_argv, unknown_group_choice, variant_option_problem
+from .overrides import normalise_argv, setting_problem, unknown_group_choice, variant_option_problem
 
 register_resolvers()
 log = logging.getLogger("asyndm")
@@ -27,7 +27,7 @@ def main() -> None:
     """Console script: every check that needs no model, in one line each and before anything is
     written, then hand over to Hydra (a dry run never reaches it)."""
     argv = sys.argv[1:] = normalise_argv(sys.argv[1:])
-    problem = unknown_group_choice(argv) or variant_option_problem(argv)
+    problem = unknown_group_choice(argv) or setting_problem(argv) or variant_option_problem(argv)
     if problem:
         print(f"asyndm: error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -11,8 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .devices import auto_device_type
 from .errors import ConfigError
-from .settings import (CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, SampleSettings, register_sample_defaults,
-                       register_variant_options, type_problem)
+from .settings import GROUPS, PRECISIONS, problem, register_settings_defaults, register_variant_options
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
@@ -24,7 +23,8 @@ HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sam
 UNHASHED_SAMPLE_KEYS = ("batch_size",)
 # Keys added after run folders existed: left out of the hash while they hold these defaults, so the
 # folders of earlier runs keep their names (and resume).
-LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None}}
+LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None},
+                      "model": {"text_timestep": None, "skip_components": None}}
 # The sampler's semantics, part of every run's identity (``sampler_semantics``); a folder sampled
 # under another one is refused, not resumed into. Each version says what changed the images:
 SEMANTICS_CHANGES = {
@@ -192,7 +192,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("paper_variants", lambda baselines: paper_variants(bool(baselines)))
 
 
-register_sample_defaults()
+register_settings_defaults()
 register_variant_options()
 
 
@@ -206,8 +206,8 @@ def validate(cfg: DictConfig) -> None:
     variants = list(cfg.variants)
     _require(len(variants) > 0, f"variants=[] is empty: choose from [{','.join(VARIANTS)}]")
     for v in variants:
-        problem = unknown_variant(v, " in variants")
-        _require(problem is None, problem)
+        unknown = unknown_variant(v, " in variants")
+        _require(unknown is None, unknown)
     _require(len(set(variants)) == len(variants), f"variants={variants} lists a variant twice")
     oracles = oracle_variants(variants)
     _require(not oracles or bool(cfg.prompts.get("oracle_masks")),
@@ -222,47 +222,19 @@ def validate(cfg: DictConfig) -> None:
             VARIANTS[name].check_options(options or {})
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    _require(cfg.curve.name in CURVES, f"unknown curve '{cfg.curve.name}': choose curve=bin, curve=lin or curve=exp")
-    semantics = cfg.curve.get("semantics", "reference")
-    _require(semantics in CURVE_SEMANTICS, f"curve.semantics={semantics}: choose {' or '.join(CURVE_SEMANTICS)} (default reference)")
-    _require(cfg.mask.name in MASK_MODES, f"unknown mask mode '{cfg.mask.name}': choose mask=dynamic or mask=static")
-    _require(cfg.mask.threshold > 0, f"mask.threshold={cfg.mask.threshold}: must be positive (default 1.0)")
-    res = cfg.mask.resolution
-    _require(res is None or (isinstance(res, int) and res > 0), f"mask.resolution={res}: a positive grid side or null")
-    blocks = cfg.mask.get("blocks")
-    _require(blocks is None or (len(blocks) > 0 and all(isinstance(b, int) and b >= 0 for b in blocks)),
-             f"mask.blocks={blocks}: a list of block indices (0 = the first transformer block) or null")
-    s = cfg.sample
-    problem = type_problem(s, SampleSettings, "sample")  # every sample.* value of its declared type
-    _require(problem is None, problem)
+    for group, schema in GROUPS.items():  # every typed key: its type, then its rule (asyndm/settings.py)
+        found = problem(cfg[group], schema, group)
+        _require(found is None, found)
     k = cfg.get("k")
     values = list(k) if OmegaConf.is_list(k) else ([] if k is None else [k])
     for value in values:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         _require(number and 0 < value <= 1, f"k={k}: {'outside (0, 1]' if number else f'{value!r} is not a number'}; "
                                             f"give the items' weight as k=0.5, or one per item as k=[0.5,0.7]")
-    for key in ("height", "width"):
-        size = s.get(key)
-        _require(size is None or (isinstance(size, int) and size > 0), f"sample.{key}={size}: a positive number of pixels or null")
-    _require(s.get("true_cfg_scale", 1.0) >= 1, f"sample.true_cfg_scale={s.get('true_cfg_scale')}: 1 (off) or more")
-    _require(isinstance(s.steps, int) and s.steps >= 2, f"sample.steps={s.steps}: needs at least 2 steps (paper: 50)")
-    _require(s.eta >= 0, f"sample.eta={s.eta}: must be >= 0 (DDIM: 0 deterministic, paper: 1.0)")
-    _require(s.batch_size >= 1, f"sample.batch_size={s.batch_size}: must be at least 1")
-    _require(s.images_per_prompt >= 1, f"sample.images_per_prompt={s.images_per_prompt}: must be at least 1")
     _require(cfg.precision in PRECISIONS, f"precision={cfg.precision}: choose {', '.join(PRECISIONS)}")
-    for side in ("height", "width"):
-        value = s.get(side)
-        _require(value is None or (isinstance(value, int) and value > 0),
-                 f"sample.{side}={value}: a positive number of pixels, or null for the pipeline's default")
-    gen = s.get("generator_device")
-    _require(gen in (None, "cpu", "cuda") or str(gen).startswith("cuda:"),
-             f"sample.generator_device={gen}: choose cpu, cuda or null (the sampling device)")
     _require(
         cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"),
         f"device={cfg.device}: choose auto, cpu or cuda",
     )
     shard = cfg.shard
     _require(shard.count >= 1 and 0 <= shard.index < shard.count, f"shard.index={shard.index} shard.count={shard.count}: need 0 <= index < count")
-    tokens = cfg.prompts.get("item_tokens")
-    _require(tokens in (None, "word", "legacy"),
-             f"prompts.item_tokens={tokens}: choose word or legacy (unset: legacy for the reference's two-file format)")

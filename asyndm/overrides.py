@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .paths import CONF_DIR
+from .settings import schema_at, unknown_key, value_problem
 from .variants import VARIANTS
 
 # Hydra reports an unknown option of a config group (curve=foo) in many lines with status 1; these
@@ -46,8 +47,42 @@ def unknown_group_choice(argv: list[str]) -> str | None:
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """``+smoke=tiny`` (the older spelling) means ``smoke=tiny``: smoke is in the defaults list now."""
-    return [arg[1:] if arg.startswith("+smoke=") else arg for arg in argv]
+    """Older spellings that add a key the config now always has: ``+smoke=tiny`` (smoke is in the
+    defaults list) and ``+model.skip_components=[...]`` (every typed key has its default)."""
+    return [arg[1:] if arg.startswith("+smoke=") or _added_typed_key(arg) else arg for arg in argv]
+
+
+def _added_typed_key(arg: str) -> bool:
+    key, sep, _ = arg.partition("=")
+    return bool(sep) and key.startswith("+") and not key.startswith("++") and schema_at(key[1:]) is not None
+
+
+_SETTING = re.compile(r"\+{0,2}((?:sample|model|curve|mask|prompts)(?:\.[\w-]+)+)=(.*)", re.S)
+
+
+def setting_problem(argv: list[str]) -> str | None:
+    """The error for the first override of a typed key (``sample.*``, ``model.*``, ``curve.*``,
+    ``mask.*``, ``prompts.*``) that its group does not have, or whose value its dataclass refuses
+    (asyndm/settings.py). A sweep's comma list is checked value by value when each job composes."""
+    for arg in argv:
+        match = _SETTING.fullmatch(arg)
+        if not match:
+            continue
+        key = match.group(1)
+        unknown = unknown_key(key)
+        if unknown:
+            return unknown
+        try:
+            override = OverridesParser.create().parse_override(arg)
+        except HydraException:
+            continue  # not an override Hydra can read: Hydra reports it
+        if override.is_sweep_override() or override.is_delete():
+            continue
+        schema, name = schema_at(key)
+        found = value_problem(schema, name, override.value(), key)
+        if found:
+            return found
+    return None
 
 
 _VARIANT_OPTION = re.compile(r"\+{0,2}variant\.([\w-]+)\.([\w-]+)=(.*)")

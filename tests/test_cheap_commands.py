@@ -37,6 +37,8 @@ def imported(module: str, *args: str, cwd: Path) -> tuple[int, str, str]:
     (["variants=[dm,nope]"], 2, "unknown variant 'nope'"),
     (["sample.steps=2.5"], 2, "sample.steps=2.5: not a valid int"),
     (["k=abc"], 2, "k=abc: 'abc' is not a number"),
+    (["mask.thresold=2"], 2, "mask has no setting 'thresold'"),
+    (["model.text_timestep=median"], 2, "model.text_timestep=median: choose linear, min, mean or max"),
 ])
 def test_asyndm_answers_without_torch(tmp_path, args, status, says):
     code, heavy, err = imported("asyndm", *args, cwd=tmp_path)

@@ -164,3 +164,78 @@ def test_the_sample_node_is_sample_settings_with_the_models_own_defaults():
                            ("sample.height=1.5", "sample.height=1.5: not a valid int")):
         with pytest.raises(ConfigError, match=says):
             validate(_composed("model=tiny", override))
+
+
+# ------------------------------------------------------------------- the typed groups (asyndm/settings.py)
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+
+
+@pytest.mark.parametrize("group", ["model", "curve", "mask", "prompts"])
+def test_every_option_of_a_group_has_exactly_its_dataclass_keys_and_restates_no_default(group):
+    """The YAML files only choose and override: each option composes to the dataclass's keys, and a
+    file sets a key only where its value differs from the dataclass's default."""
+    import dataclasses
+
+    import yaml
+
+    from asyndm.config import CONF_DIR
+    from asyndm.settings import GROUPS, defaults
+
+    schema, base = GROUPS[group], defaults(GROUPS[group])
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        node = _composed(f"{group}={path.stem}")[group]
+        assert set(node) == {f.name for f in dataclasses.fields(schema)}, path.name
+        written = yaml.safe_load(path.read_text()) or {}
+        for key, value in written.items():
+            if isinstance(value, dict):  # model.sampling: each of its keys likewise
+                restated = [k for k, v in value.items() if base[key].get(k) == v]
+                assert not restated, f"{path.name} restates {key}.{restated} at the default"
+            else:
+                assert key == "name" or value != base[key], f"{path.name} restates {key}: {value!r}, the default"
+
+
+def test_the_older_spelling_of_an_added_model_key_still_composes_to_the_same_run():
+    from asyndm.overrides import normalise_argv
+
+    old = normalise_argv(["model=sd35_medium", "+model.skip_components=[text_encoder_3,tokenizer_3]"])
+    assert old == ["model=sd35_medium", "model.skip_components=[text_encoder_3,tokenizer_3]"]
+    assert config_hash(_composed(*old)) != config_hash(_composed("model=sd35_medium"))
+    assert list(_composed(*old).model.skip_components) == ["text_encoder_3", "tokenizer_3"]
+
+
+@pytest.mark.parametrize("override,says", [
+    ("mask.thresold=2", "mask.thresold: mask has no setting 'thresold'; it takes name, threshold, resolution, blocks"),
+    ("model.sampling.stepz=3", "model.sampling has no setting 'stepz'; it takes steps, guidance_scale, mask_resolution"),
+    ("mask.threshold=0", "mask.threshold=0: must be positive"),
+    ("mask.threshold=abc", "mask.threshold=abc: not a valid float"),
+    ("model.text_timestep=median", "model.text_timestep=median: choose linear, min, mean or max"),
+    ("curve.semantics=exact", "curve.semantics=exact: choose reference or refit"),
+    ("curve.name=quadratic", "unknown curve 'quadratic': choose curve=bin, curve=lin or curve=exp"),
+    ("prompts.limit=0", "prompts.limit=0: a positive number of prompts"),
+    ("prompts.item_tokens=bpe", "prompts.item_tokens=bpe: choose word or legacy"),
+    ("mask.blocks=[1,-2]", "mask.blocks=[1, -2]: a list of block indices"),
+    ("sample.generator_device=tpu", "sample.generator_device=tpu: choose cpu, cuda or null"),
+])
+def test_a_typed_key_is_refused_in_one_line_before_hydra_and_again_by_validate(override, says):
+    """The same dataclass answers on the command line (asyndm/overrides.py, before Hydra composes) and
+    in the run's validation (a value that reached the config another way: a preset, the API)."""
+    from asyndm.config import validate
+    from asyndm.errors import ConfigError
+    from asyndm.overrides import setting_problem
+
+    assert says in setting_problem([override])
+    if "no setting" in says:
+        return  # Hydra itself refuses a key the config does not have
+    with pytest.raises(ConfigError) as refused:
+        validate(_composed("model=tiny", override))
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_values_keep_the_type_they_are_given_so_run_folders_keep_their_names():
+    """The groups are checked against their dataclasses, not converted: mask.threshold=2 stays the
+    int 2 that named run folders before the types existed."""
+    assert _composed("mask.threshold=2").mask.threshold == 2 and type(_composed("mask.threshold=2").mask.threshold) is int
+    assert config_hash(_composed("mask.threshold=2")) != config_hash(_composed("mask.threshold=2.0"))  # as before

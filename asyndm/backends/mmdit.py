@@ -33,10 +33,9 @@ from ..token_timesteps import DistinctTimesteps, TokenTimesteps
 from ..tokens import item_token_positions
 from ..conditioning import TextConditioning
 from ..guidance import Prediction
+from ..settings import TEXT_TIMESTEPS
 from ..timeline import Timeline
 from .base import Backend, ItemAttention, ItemTokens
-
-TEXT_TIMESTEPS = ("linear", "min", "mean", "max")
 
 
 class JointItemAttention(ItemAttention):
