@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -31,6 +32,20 @@ class StepInfo:
     def timesteps(self) -> torch.Tensor:
         """(B, h, w) what the model saw in this call (SD: integer timesteps)."""
         return self.backend.model_timesteps(self.states)
+
+
+class ProgressBar:
+    """A progress bar over one variant's model calls (``progress=true``)."""
+
+    needs_item_maps = False
+
+    def __init__(self, variant: str, num_steps: int):
+        self.bar = tqdm(total=num_steps, desc=variant, leave=False)
+
+    def __call__(self, info: StepInfo) -> None:
+        self.bar.update(1)
+        if self.bar.n >= self.bar.total:
+            self.bar.close()
 
 
 class RecordTimesteps:

@@ -8,7 +8,6 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -52,7 +51,6 @@ from .run_folder import (
     write_table,
 )
 from .sampler import SamplingSettings
-from .settings import SampleSettings
 from .sweep import sweep_job
 from .variants import oracle_variants, ordered
 
@@ -60,21 +58,13 @@ log = logging.getLogger(__name__)
 
 
 def sampling_settings(cfg: DictConfig) -> SamplingSettings:
-    """The settings that decide the images, from the run's config. Every ``sample.*`` key the sampler
-    has a field of the same name for is passed on by name, so a new one is a field in SampleSettings
-    (asyndm/settings.py) and one in SamplingSettings, and nothing here."""
-    sampler_fields = {f.name for f in dataclasses.fields(SamplingSettings)}
-    sample = {f.name: cfg.sample.get(f.name, f.default) for f in dataclasses.fields(SampleSettings)
-              if f.name in sampler_fields}
-    return SamplingSettings(
-        **{**sample, "generator_device": config_mod.generator_device(cfg)},  # auto resolved (asyndm/devices.py)
-        curve=cfg.curve.name,
-        curve_semantics=cfg.curve.get("semantics", "reference"),
-        mask_mode=cfg.mask.name,
-        mask_threshold=cfg.mask.threshold,
-        mask_resolution=cfg.mask.resolution,
-        mask_blocks=tuple(cfg.mask.blocks) if cfg.mask.get("blocks") is not None else None,
-        variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # asyndm/options/
+    """The settings that decide the images, from the run's config: every ``sample.*``, ``curve.*`` and
+    ``mask.*`` key the sampler has a field for, by name (SamplingSettings.from_config)."""
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    return SamplingSettings.from_config(
+        plain(cfg.sample), plain(cfg.curve), plain(cfg.mask),
+        generator_device=config_mod.generator_device(cfg),  # auto resolved (asyndm/devices.py)
+        variant_options=plain(cfg.get("variant") or {}),  # asyndm/options/
         show_progress=cfg.progress,
     )
 

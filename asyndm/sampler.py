@@ -12,21 +12,21 @@ identical noise and an image does not depend on the batch it was sampled in.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .backends.base import Backend, ItemAttention, ItemTokens
 from .conditioning import PromptConditioning
-from .callbacks import MeanItemMaps, StepInfo
+from .callbacks import MeanItemMaps, ProgressBar, StepInfo
 from .curves import Curves
 from .guidance import GuidanceRule, StepContext
 from .masks import masks_from_attention
-from .settings import MASK_MODES
+from .settings import MASK_MODES, SampleSettings
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule
 from .variants import VARIANTS, get_variant, oracle_variants
 
@@ -34,25 +34,32 @@ Callback = Callable[[StepInfo], None]
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    """The paper's defaults (METHOD.md §3, §4, §6)."""
+class SamplingSettings(SampleSettings):
+    """Everything that decides the images: the ``sample.*`` keys (inherited, defined once in
+    asyndm/settings.py), the curve's and the mask's as ``curve_<key>`` and ``mask_<key>``
+    (``curve`` and ``mask_mode`` for their names; ``from_config`` fills them by that rule), and each
+    variant's options. Defaults are the paper's (METHOD.md §3, §4, §6)."""
 
-    steps: int = 50
-    eta: float = 1.0
-    guidance_scale: float = 5.0
-    negative_prompt: str = ""
     curve: str = "bin"
     curve_semantics: str = "reference"
     mask_mode: str = "dynamic"
     mask_threshold: float = 1.0
     mask_resolution: int | None = None  # side of the attention grid; None = the backend's default
     mask_blocks: tuple[int, ...] | None = None  # transformer blocks the masks read; None = the backend's default
-    height: int | None = None  # image size in pixels; None = the pipeline's default
-    width: int | None = None
-    true_cfg_scale: float = 1.0  # guidance-distilled families: classifier-free guidance on top (1 = off)
-    generator_device: str | None = None  # where noise is drawn; None = the sampling device
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
+
+    @classmethod
+    def from_config(cls, sample: Mapping, curve: Mapping, mask: Mapping, **rest) -> "SamplingSettings":
+        """From the config's plain ``sample``, ``curve`` and ``mask`` groups: every key of theirs this
+        class has a field for, by the naming rule above (lists as tuples); ``rest`` for the others."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = dict(sample)
+        for group, values in (("curve", curve), ("mask", mask)):
+            for key, value in values.items():
+                name = {"curve": "curve", "mask": "mask_mode"}[group] if key == "name" else f"{group}_{key}"
+                given[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**{**{k: v for k, v in given.items() if k in names}, **rest})
 
 
 @dataclass
@@ -69,18 +76,18 @@ def denoise(
     cond: PromptConditioning,
     latents: torch.Tensor,
     generators: list[torch.Generator],
-    num_steps: int,
     eta: float,
     attention: ItemAttention | None = None,
     callbacks: Sequence[Callback] = (),
     variant: str = "",
-    show_progress: bool = False,
     tokens: ItemTokens | None = None,
 ) -> torch.Tensor:
-    """One variant's loop over ``num_steps`` model calls; returns the final latents."""
+    """One variant's loop over the schedule's model calls; returns the final latents. ``variant``
+    names the steps for the callbacks; ``tokens`` reach the rules that act on them (StepContext)."""
+    num_steps = schedule.num_steps
     if not schedule.uniform:
         backend.announce(schedule.first_states())
-    for step in tqdm(range(num_steps), desc=variant, leave=False, disable=not show_progress):
+    for step in range(num_steps):
         states, next_states = schedule.states(step)  # (B, h, w) each; t_step → t_step+1 from the masks known now (§6)
         if not schedule.uniform and step + 1 < num_steps:
             backend.announce(next_states)  # the next call's states, before this call is queued
@@ -169,9 +176,11 @@ class AsyncSampler:
         capture = dynamic or any(getattr(cb, "needs_item_maps", False) for cb in callbacks)
         attention = backend.item_attention(tokens, latents, s.mask_resolution, s.mask_blocks) if capture else None
         schedule = self._schedule(kind, latents, tokens, item_k, masks, attention)
+        if s.show_progress:
+            callbacks = [*callbacks, ProgressBar(variant, schedule.num_steps)]
         with attention if attention is not None else nullcontext():
-            latents = denoise(backend, schedule, self.guidance(variant), cond, latents, generators, s.steps, s.eta,
-                              attention, callbacks, variant, s.show_progress, tokens)
+            latents = denoise(backend, schedule, self.guidance(variant), cond, latents, generators, s.eta,
+                              attention, callbacks, variant, tokens)
         return VariantResult(latents=latents, assignment=schedule.assignment if kind == "async" else None)
 
     def static_masks(self, mean_maps: MeanItemMaps, item_k: list[float], latents_hw: tuple[int, int]) -> torch.Tensor:

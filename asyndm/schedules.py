@@ -22,6 +22,7 @@ from .curves import Curves
 
 
 class Schedule(Protocol):
+    num_steps: int  # model calls
     uniform: bool  # every cell of every image shares one state: the plain model call serves
     needs_item_maps: bool  # it reads each call's item maps (dynamic masks)
     assignment: torch.Tensor | None  # (B, h, w) item per cell, -1 background; None without masks
@@ -52,6 +53,7 @@ class SynchronousSchedule:
     def __init__(self, timeline: Timeline, map_shape: tuple[int, int, int]):
         self.timeline = timeline
         self.map_shape = map_shape  # (B, h, w)
+        self.num_steps = len(timeline.sync_states)
 
     def first_states(self) -> torch.Tensor:
         return self.timeline.sync_states[0].expand(self.map_shape)
@@ -88,6 +90,7 @@ class CurveSchedule:
     ):
         self.curves = curves
         self.timeline = timeline
+        self.num_steps = curves.num_steps
         self.item_k = [float(k) for k in item_k]
         self.assignment = assignment
         self.background_k = float(background_k)
