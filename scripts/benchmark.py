@@ -22,16 +22,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.models import load_backend, resolve_device, resolve_dtype  # noqa: E402
 from asyndm.sources import backend_for_pipeline, built_in_names, built_in_source, check_source  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402

@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import BUILT_IN, SHAPED, build_backend  # noqa: E402
+from benchmark import BUILT_IN, SHAPED, build_backend
 
-from asyndm.models import resolve_device, resolve_dtype  # noqa: E402
+from asyndm.models import resolve_device, resolve_dtype
 
 PROMPT, ITEMS = "a cat eating a sandwich", ["cat", "sandwich"]
 

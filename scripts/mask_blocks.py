@@ -18,15 +18,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.callbacks import RecordItemMaps  # noqa: E402
 from asyndm.masks import item_assignment  # noqa: E402
 from asyndm.models import load_backend  # noqa: E402

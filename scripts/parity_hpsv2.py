@@ -22,8 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import parity_common as common  # noqa: E402
+import parity_common as common
 
 CHECKPOINT = "HPS_v2.1_compressed.pt"
 

@@ -23,8 +23,7 @@ import string
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import parity_common as common  # noqa: E402
+import parity_common as common
 
 # THUDM/ImageReward's med_config.json.
 MED_CONFIG = {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",

@@ -14,7 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from asyndm.curves import concave_step  # noqa: E402
 
 STEPS, Y, OFFSET = 50, 1000, 1

@@ -7,14 +7,12 @@ as dm | dm_concave | asyndm | asyndm's final mask, upscaled without smoothing.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asyndm.run_folder import mask_file  # noqa: E402
-from evaluation.io import read_manifest  # noqa: E402
+from asyndm.run_folder import mask_file
+from evaluation.io import read_manifest
 
 COLUMNS = ("dm", "dm_concave", "asyndm", "mask")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +31,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from asyndm import AsyncPipeline  # noqa: E402
 from asyndm.callbacks import RecordItemMaps  # noqa: E402
 from asyndm.prompts import load_prompts  # noqa: E402

@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from asyndm.context_world import mixed_training_batch  # noqa: E402
 from asyndm.toy_model import build_toy_pipeline, encode_captions, parameter_count  # noqa: E402
