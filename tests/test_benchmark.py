@@ -66,9 +66,10 @@ def test_the_shaped_mmdit_architectures_build(monkeypatch):
     assert sd35.default_sample_size * sd35.vae_scale_factor == flux.default_sample_size * flux.vae_scale_factor == 1024
 
 
-def test_call_cost_splits_a_step_into_the_per_token_path_and_the_capture(capsys):
+def test_call_cost_splits_a_step_into_the_per_token_path_and_the_capture(capsys, monkeypatch):
     """scripts/call_cost.py on both MMDiT families: three timings per family and the JSON last line
     (no timing asserted)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as `python scripts/call_cost.py` has it: it imports benchmark
     spec = importlib.util.spec_from_file_location("call_cost", SCRIPT.parent / "call_cost.py")
     call_cost = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(call_cost)
