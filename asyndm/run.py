@@ -23,7 +23,7 @@ from evaluation.pipeline import run_after_sampling
 
 from . import config as config_mod
 from .callbacks import TimestepTrace
-from .errors import ConfigError
+from .errors import ConfigError, PromptError
 from .history import invocation
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
@@ -118,7 +118,10 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     oracle = load_oracle(cfg.prompts.oracle_masks) if oracle_variants(cfg.variants) else None
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:
-        resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
+        try:
+            resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
+        except PromptError as error:  # name the file and line of the prompt (or the override)
+            raise PromptError(f"{spec.where}: {error}" if spec.where else str(error)) from None
 
     variants = ordered(cfg.variants)
     s = cfg.sample
