@@ -308,3 +308,50 @@ def test_asyndm_merge_refuses_bad_input_in_one_line(undamaged, tmp_path, capsys,
     assert line.startswith("asyndm-merge: error: ") and len(line) < 500, line
     if case == "a damaged image in a shard":
         assert "images/00001_dm.png" in line and "damaged" in line
+
+
+def test_a_read_only_run_dir_is_refused_in_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
+    """Where the folder cannot be written (os.access says so: as root, chmod would not stop a write,
+    so the test asks the same question the check does)."""
+    from asyndm import cli as asyndm_cli
+
+    read_only = tmp_path / "shared"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only
+                        else real_access(path, mode, **kw))
+    monkeypatch.setattr(sys, "argv", ["asyndm", *OVERRIDES, f"run_dir={read_only / 'run'}"])
+    with pytest.raises(SystemExit) as exited:
+        asyndm_cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and err.count("\n") == 0, err
+    assert err == f"asyndm: error: run_dir={read_only / 'run'}: {read_only} is not writable; choose a folder you " \
+                  f"can write to (run_dir=...)"
+    assert list(read_only.iterdir()) == []
+
+
+def test_asyndm_report_refuses_a_damaged_run_in_one_line_and_debug_shows_why(copy, capsys, monkeypatch):
+    from evaluation.report import main
+
+    monkeypatch.setenv("ASYNDM_DEBUG", "0")
+    (copy / "results.csv").write_bytes((copy / "results.csv").read_bytes().replace(b"clip/cosine_raw,", b"clip/cosine_raw,x", 1))
+    line = one_line_exit(main, [str(copy)], capsys)
+    assert line.startswith("asyndm-report: error: ") and "rerun the asyndm command that made the run" in line
+    with pytest.raises(ValueError):
+        main([str(copy), "--debug"])
+
+
+def test_a_prompt_over_the_token_limit_whose_items_fit_is_refused_naming_its_line(tmp_path):
+    """The words past the text encoder's limit would be cut off without a word said; refused before
+    any weights load (only the tokenizer is read), naming the file and line and the limit."""
+    from asyndm.errors import PromptError
+
+    prompts = tmp_path / "long.jsonl"
+    long = "a cat " + "and a very long description " * 20
+    prompts.write_text('{"prompt": "a cat", "items": ["cat"], "k": 0.5}\n\n'
+                       + f'{{"prompt": "{long}", "items": ["cat"], "k": 0.5}}\n')
+    folder = tmp_path / "run"
+    with pytest.raises(PromptError, match=rf"^{prompts}:3: prompt 'a cat and a very long.*' is \d+ tokens, more than "
+                                          r"the 77 the text encoder reads .*shorten it$"):
+        run(config(folder, "prompts=custom", f"prompts.file={prompts}", "prompts.limit=null"), folder)
+    assert not (folder / "images").exists()
