@@ -355,3 +355,21 @@ def test_a_prompt_over_the_token_limit_whose_items_fit_is_refused_naming_its_lin
                                           r"the 77 the text encoder reads .*shorten it$"):
         run(config(folder, "prompts=custom", f"prompts.file={prompts}", "prompts.limit=null"), folder)
     assert not (folder / "images").exists()
+
+
+def test_a_damaged_config_yaml_is_rewritten_when_the_manifest_shows_the_same_run(copy, undamaged):
+    (copy / "config.yaml").write_bytes(b"model: {name: [tiny\n")
+    run(config(copy), copy)
+    assert_as_undamaged(copy, undamaged)
+
+
+def test_a_damaged_config_yaml_with_other_settings_is_refused_and_nothing_changes(copy):
+    from asyndm.errors import ConfigError
+
+    from asyndm.resume import preflight
+
+    (copy / "config.yaml").write_bytes(b"\x00\xff")
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"its config.yaml is damaged .* does not show that it holds this run"):
+        preflight(config(copy, "sample.steps=4"), copy)  # the checks `asyndm` makes before writing anything
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
