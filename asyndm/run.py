@@ -211,6 +211,9 @@ def read_trace(run_dir: Path, path: Path, shard_count: int) -> pd.DataFrame | No
                 raise ValueError(f"its columns are {list(frame.columns)[:8]}")
             frame = frame.astype({"image_idx": int, "variant": str, "step": int,
                                   "item_mean": float, "background_mean": float})
+            if len(frame) and not table.read_bytes().endswith(b"\n"):  # cut: its last image may lack steps
+                last = frame.iloc[-1]
+                frame = frame[(frame.image_idx != last.image_idx) | (frame.variant != last.variant)]
         except (ValueError, TypeError, UnicodeDecodeError) as error:
             log.warning("%s cannot be read (%s); the images it traced are sampled again to rebuild it (their "
                         "files are kept)", table, " ".join(str(error).split())[:120])
@@ -220,15 +223,13 @@ def read_trace(run_dir: Path, path: Path, shard_count: int) -> pd.DataFrame | No
 
 
 def complete_traces(trace: pd.DataFrame | None) -> set[tuple[int, str]] | None:
-    """(image_idx, variant) whose trace has every step (as many as the longest trace: steps 0..n-1)."""
+    """(image_idx, variant) whose trace has every step: steps 0..n-1, n the longest of its variant."""
     if trace is None:
         return None
-    if trace.empty:
-        return set()
-    steps = int(trace.step.max()) + 1
-    counts = trace.groupby(["image_idx", "variant"]).step.agg(["nunique", "size", "max"])
-    whole = counts[(counts["nunique"] == steps) & (counts["size"] == steps) & (counts["max"] == steps - 1)]
-    return {(int(i), str(v)) for i, v in whole.index}
+    counts = trace.groupby(["image_idx", "variant"]).step.agg(["nunique", "size", "max"]).reset_index()
+    steps = counts.groupby("variant")["max"].transform("max") + 1
+    whole = counts[(counts["nunique"] == steps) & (counts["size"] == steps)]
+    return {(int(i), str(v)) for i, v in zip(whole.image_idx, whole.variant)}
 
 
 def update_timesteps(path: Path, trace: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:

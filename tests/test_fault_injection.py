@@ -163,8 +163,10 @@ def killed_command(run_dir: Path, target: str, nth: int, kill: bool = True) -> s
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("target, nth", [("00001_asyndm.npy", 1), ("results.csv", 3)],
-                         ids=["sampling: a latent written, not yet its image", "scoring: after its third image"])
+@pytest.mark.parametrize("target, nth", [("00001_asyndm.npy", 1), ("timesteps.csv", 1), ("results.csv", 3)],
+                         ids=["sampling: a latent written, not yet its image",
+                              "sampling: a batch written and traced, not yet in the manifest",
+                              "scoring: after its third image"])
 def test_a_run_killed_part_way_completes_byte_identical_on_rerun(undamaged, tmp_path, target, nth):
     folder = tmp_path / "run"
     killed = killed_command(folder, target, nth)
@@ -373,3 +375,17 @@ def test_a_damaged_config_yaml_with_other_settings_is_refused_and_nothing_change
     with pytest.raises(ConfigError, match=r"its config.yaml is damaged .* does not show that it holds this run"):
         preflight(config(copy, "sample.steps=4"), copy)  # the checks `asyndm` makes before writing anything
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_a_trace_cut_inside_the_only_image_of_its_variant_is_traced_again(tmp_path):
+    """Where the last image of the table is its variant's only one, its step count cannot be compared
+    with another image's: the cut itself marks it."""
+    from asyndm.run import complete_traces, read_trace
+
+    path = tmp_path / "timesteps.csv"
+    path.write_text("image_idx,variant,step,item_mean,background_mean\n"
+                    "0,asyndm,0,900.0,900.0\n0,asyndm,1,500.0,500.0\n0,dm,0,900.0,900.0\n0,dm,1,50")
+    assert complete_traces(read_trace(tmp_path, path, 1)) == {(0, "asyndm")}
+    path.write_text("image_idx,variant,step,item_mean,background_mean\n0,dm,0,900.0,900.0\n0,dm,1,500.0,500.0\n")
+    assert complete_traces(read_trace(tmp_path, path, 1)) == {(0, "dm")}
+    assert complete_traces(read_trace(tmp_path, tmp_path / "absent.csv", 1)) is None  # no table: nothing to rebuild
