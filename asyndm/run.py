@@ -1,9 +1,10 @@
 """One run: config → prompts and items → model → AsyncPipeline → images, latents, masks and manifest.
 
-Resumable: an image counts as done when every file asked of it exists (all writes are atomic), and
-a batch is sampled again only for the variants that still miss a file. Batches are fixed by
-(prompt, batch_size), and each image has its own generator, so a resumed run gives the same files
-as an uninterrupted one.
+Resumable: an image counts as done when every file asked of it is verified (its size and checksum as
+the manifest recorded them, or where none is recorded, it reads back whole), and a batch is sampled
+again only for the variants that miss a file or (where timesteps.csv was damaged) a trace. Batches
+are fixed by (prompt, batch_size), and each image has its own generator, so a resumed run gives the
+same files as an uninterrupted one.
 """
 
 from __future__ import annotations
