@@ -16,7 +16,7 @@ from .config import register_resolvers
 from .dry_run import dry_run
 from .resume import preflight
 from .paths import CONF_DIR
-from .errors import AsyndmError
+from .errors import AsyndmError, debugging, take_debug_flag
 from .overrides import normalise_argv, setting_problem, unknown_group_choice, variant_option_problem
 
 register_resolvers()
@@ -26,7 +26,7 @@ log = logging.getLogger("asyndm")
 def main() -> None:
     """Console script: every check that needs no model, in one line each and before anything is
     written, then hand over to Hydra (a dry run never reaches it)."""
-    argv = sys.argv[1:] = normalise_argv(sys.argv[1:])
+    argv = sys.argv[1:] = normalise_argv(take_debug_flag(sys.argv[1:]))
     problem = unknown_group_choice(argv) or setting_problem(argv) or variant_option_problem(argv)
     if problem:
         print(f"asyndm: error: {problem}", file=sys.stderr)
@@ -65,6 +65,8 @@ def _single_job(argv: list[str]) -> int | None:
             print(f"asyndm: note: {note}", file=sys.stderr, flush=True)
         dry_run(cfg, run_dir)
     except AsyndmError as err:
+        if debugging():
+            raise
         print(f"asyndm: error: {err}", file=sys.stderr)
         return 2
     except ConfigCompositionException as err:
@@ -104,6 +106,8 @@ def hydra_main(cfg: DictConfig) -> None:
             run(cfg, run_dir)
     except AsyndmError as err:
         log.error("%s", err)
+        if debugging():
+            raise
         print(f"asyndm: error: {err}", file=sys.stderr)
         sys.exit(2)
     if not cfg.get("dry_run"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import config as config_mod
+from .run_folder import manifest_name, recorded_files
 from .plan import load_run_prompts, missing_variants, plan_batches, shard_batches
 from .variants import get_variant, ordered
 
@@ -60,8 +61,9 @@ def make_plan(cfg: DictConfig, run_dir: Path, device: str) -> Plan:
     batches_missing = 0
     extra = 0
     static = cfg.mask.name == "static"
+    records = recorded_files(run_dir, manifest_name(cfg.shard.index, cfg.shard.count))
     for batch in batches:
-        todo = missing_variants(run_dir, batch, variants, cfg.save)
+        todo = missing_variants(run_dir, batch, variants, cfg.save, records)
         batches_missing += bool(todo)
         for v in todo:
             missing[v] += len(batch)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .run_folder import MANIFEST_COLUMNS, image_file, intact, latent_file, mask_file
+from .run_folder import MANIFEST_COLUMNS, RECORD_PREFIXES, Record, file_names, image_file, latent_file, mask_file, record_of, verified
 from .prompts import PromptSpec, load_prompts
 from .variants import get_variant
 
@@ -54,34 +54,54 @@ def files_for(job: ImageJob, variant: str, save_cfg) -> list[str]:
     return files
 
 
-def missing_variants(run_dir: Path, batch: list[ImageJob], variants: list[str], save_cfg) -> list[str]:
-    """The variants with a file of this batch that is absent or does not read back whole (damaged)."""
-    return [
-        v for v in variants if any(not intact(run_dir / f) for job in batch for f in files_for(job, v, save_cfg))
-    ]
+def missing_variants(run_dir: Path, batch: list[ImageJob], variants: list[str], save_cfg,
+                     records: dict[str, Record] | None = None) -> list[str]:
+    """The variants with a file of this batch that is absent or not the one written: its size and
+    checksum differ from ``records`` (the manifest's), or, where none is recorded, it does not read back."""
+    records = records or {}
+    return [v for v in variants
+            if any(not verified(run_dir / f, records.get(f)) for job in batch for f in files_for(job, v, save_cfg))]
 
 
-def manifest_rows(run_dir: Path, batches: list[list[ImageJob]], variants: list[str], cfg_hash: str) -> pd.DataFrame:
+def manifest_rows(run_dir: Path, batches: list[list[ImageJob]], variants: list[str], cfg_hash: str,
+                  save_cfg=None, records: dict[str, Record] | None = None) -> pd.DataFrame:
+    """One row per verified image (``missing_variants``' test), with the size and checksum of each of
+    its files that is verified too; a file without a record is recorded as it is now (after it was
+    written, or after it read back whole)."""
+    records = records or {}
     rows = []
     for batch in batches:
         for job in batch:
             for variant in variants:
-                if intact(run_dir / image_file(job.image_idx, variant)):
-                    rows.append(
-                        {
-                            "image_idx": job.image_idx,
-                            "prompt_idx": job.spec.index,
-                            "prompt": job.spec.prompt,
-                            "category": job.spec.category,
-                            "items": json.dumps(job.spec.items),
-                            "k": json.dumps(job.spec.k),
-                            "seed": job.seed,
-                            "variant": variant,
-                            "file": image_file(job.image_idx, variant),
-                            "config_hash": cfg_hash,
-                        }
-                    )
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+                if not verified(run_dir / image_file(job.image_idx, variant),
+                                records.get(image_file(job.image_idx, variant))):
+                    continue
+                row = {
+                    "image_idx": job.image_idx,
+                    "prompt_idx": job.spec.index,
+                    "prompt": job.spec.prompt,
+                    "category": job.spec.category,
+                    "items": json.dumps(job.spec.items),
+                    "k": json.dumps(job.spec.k),
+                    "seed": job.seed,
+                    "variant": variant,
+                    "file": image_file(job.image_idx, variant),
+                    "config_hash": cfg_hash,
+                }
+                saved = set(files_for(job, variant, save_cfg)) if save_cfg is not None else {row["file"]}
+                for prefix, name in file_names(job.image_idx, variant).items():
+                    record = records.get(name)
+                    if name in saved and verified(run_dir / name, record):
+                        record = record or record_of(run_dir / name)
+                    else:
+                        record = None
+                    row[f"{prefix}bytes"] = record.size if record else None
+                    row[f"{prefix}sha256"] = record.sha256 if record else None
+                rows.append(row)
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for prefix in RECORD_PREFIXES:  # integers, blank where a file is not saved
+        frame[f"{prefix}bytes"] = frame[f"{prefix}bytes"].astype("Int64")
+    return frame
 
 
 def load_run_prompts(cfg: DictConfig) -> list[PromptSpec]:

@@ -22,6 +22,7 @@ class PromptSpec:
     legacy_item_idx: list[int] | None = None
     category: str = ""
     extra: dict = field(default_factory=dict, compare=False)
+    where: str = field(default="", compare=False)  # file:line (or the override) that gave it, for errors
 
 
 def _word_pattern(word: str) -> re.Pattern:
@@ -77,6 +78,7 @@ def _read_jsonl(path: Path) -> list[PromptSpec]:
             legacy_item_idx=row.get("legacy_item_idx"),
             category=str(row.get("category", "") or ""),
             extra={key: value for key, value in row.items() if key not in known},
+            where=where,
         )
         check_spec(spec, where)
         specs.append(spec)
@@ -111,7 +113,8 @@ def _read_legacy(path: Path, items_path: Path | None) -> list[PromptSpec]:
         idx = item_info["item_idx"][prompt]
         k = item_info["item_k"][prompt]
         spec = PromptSpec(
-            index=len(specs), prompt=prompt, items=[_legacy_word(prompt, i) for i in idx], k=list(k), legacy_item_idx=list(idx)
+            index=len(specs), prompt=prompt, items=[_legacy_word(prompt, i) for i in idx], k=list(k), legacy_item_idx=list(idx),
+            where=where,
         )
         if len(spec.k) != len(idx):
             raise PromptError(f"{where}: {len(idx)} item indices but {len(spec.k)} k values")
@@ -136,7 +139,8 @@ def override_k(specs: list[PromptSpec], k: float | Sequence[float]) -> list[Prom
     out = []
     for spec in specs:
         values = [float(k)] * len(spec.items) if isinstance(k, (int, float)) else [float(v) for v in k]
-        new = PromptSpec(spec.index, spec.prompt, spec.items, values, spec.legacy_item_idx, spec.category, spec.extra)
+        new = PromptSpec(spec.index, spec.prompt, spec.items, values, spec.legacy_item_idx, spec.category, spec.extra,
+                         spec.where)
         if len(values) != len(spec.items):
             raise PromptError(
                 f"k={list(k)}: prompt '{spec.prompt}' has {len(spec.items)} items {spec.items}; "
@@ -162,7 +166,7 @@ def load_prompts(
         if k is None:
             raise PromptError(f"prompt='{prompt}' needs k: one per item (k=[0.5,0.5]) or one for all (k=0.5)")
         values = [float(k)] * len(items) if isinstance(k, (int, float)) else [float(v) for v in k]
-        spec = PromptSpec(0, prompt, [str(i) for i in items], values)
+        spec = PromptSpec(0, prompt, [str(i) for i in items], values, where="prompt override")
         check_spec(spec, "prompt override")
         return [spec]
     if items is not None:

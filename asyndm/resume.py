@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as config_mod
 from .errors import ConfigError
+from .run_folder import read_table
 
 
 def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semantics: int,
@@ -24,7 +25,9 @@ def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semanti
     a refusal names the settings that differ (old → new) where ``cfg`` is given. Reads only."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        saved_cfg = OmegaConf.load(saved)
+        saved_cfg = _saved_config(run_dir, cfg_hash)
+        if saved_cfg is None:
+            return  # damaged, but the manifest shows this very run: it is written again
         previous = saved_cfg.get("config_hash")
         old = saved_cfg.get("sampler_semantics", 1)
         if previous is not None and old != semantics:
@@ -57,6 +60,30 @@ def check_resumable(run_dir: Path, cfg_hash: str, generator_device: str, semanti
                 f"run folder {run_dir} holds a run with other settings (config hash {previous}, now {cfg_hash}"
                 f"{': ' + changed if changed else ''}); use another run_dir=... or remove the folder"
             )
+
+
+def _saved_config(run_dir: Path, cfg_hash: str) -> DictConfig | None:
+    """The folder's config.yaml; where it is damaged, None if the manifest shows that the folder holds
+    the run of ``cfg_hash`` (its images verify against the manifest; config.yaml is rewritten), else a
+    refusal."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = OmegaConf.load(path)
+        if isinstance(saved, DictConfig):
+            return saved
+        problem = "not a mapping of settings"
+    except Exception as error:  # noqa: BLE001 - whatever the damage, the file cannot say which run this is
+        problem = " ".join(str(error).split())[:100]
+    hashes = set()
+    for manifest in run_dir.glob("manifest*.csv"):
+        try:
+            hashes |= set(read_table(manifest, dtype=str, keep_default_na=False).get("config_hash", []))
+        except (OSError, ValueError):
+            continue
+    if hashes == {cfg_hash}:
+        return None
+    raise ConfigError(f"run folder {run_dir}: its config.yaml is damaged ({problem}) and its manifest does not show "
+                      f"that it holds this run; use another run_dir=..., or remove the folder")
 
 
 def differing_settings(saved: DictConfig, cfg: DictConfig, most: int = 5) -> str:

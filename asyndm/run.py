@@ -1,9 +1,10 @@
 """One run: config → prompts and items → model → AsyncPipeline → images, latents, masks and manifest.
 
-Resumable: an image counts as done when every file asked of it exists (all writes are atomic), and
-a batch is sampled again only for the variants that still miss a file. Batches are fixed by
-(prompt, batch_size), and each image has its own generator, so a resumed run gives the same files
-as an uninterrupted one.
+Resumable: an image counts as done when every file asked of it is verified (its size and checksum as
+the manifest recorded them, or where none is recorded, it reads back whole), and a batch is sampled
+again only for the variants that miss a file or (where timesteps.csv was damaged) a trace. Batches
+are fixed by (prompt, batch_size), and each image has its own generator, so a resumed run gives the
+same files as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from evaluation.pipeline import run_after_sampling
 
 from . import config as config_mod
 from .callbacks import TimestepTrace
-from .errors import ConfigError
+from .errors import ConfigError, PromptError
 from .history import invocation
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
@@ -41,12 +42,14 @@ from .plan import (
 )
 from .resume import check_resumable
 from .run_folder import (
+    TIMESTEP_COLUMNS,
     atomic_write_bytes,
     image_file,
     latent_file,
     manifest_name,
     mask_file,
     read_table,
+    recorded_files,
     timesteps_name,
     write_table,
 )
@@ -106,7 +109,10 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     oracle = load_oracle(cfg.prompts.oracle_masks) if oracle_variants(cfg.variants) else None
     resolve_items = backend_cls.item_resolver(source)
     for spec in specs:
-        resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
+        try:
+            resolve_items(spec.prompt, spec.items, spec.legacy_item_idx, token_mode)
+        except PromptError as error:  # name the file and line of the prompt (or the override)
+            raise PromptError(f"{spec.where}: {error}" if spec.where else str(error)) from None
 
     variants = ordered(cfg.variants)
     s = cfg.sample
@@ -121,52 +127,111 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
                     model_source=source)
     atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)).encode())
 
-    todo = [b for b in batches if missing_variants(run_dir, b, variants, cfg.save)]
+    records = recorded_files(run_dir, manifest_path.name)  # what each file was when written: a resume verifies it
+    trace_path = run_dir / timesteps_name(cfg.shard.index, cfg.shard.count)
+    trace = read_trace(run_dir, trace_path, cfg.shard.count)
+    traced = complete_traces(trace)
+
+    def to_sample(batch: list[ImageJob]) -> list[str]:
+        """Variants with a file to write, or (where the trace table is damaged) a trace to record again."""
+        missing = set(missing_variants(run_dir, batch, variants, cfg.save, records))
+        if traced is not None:
+            missing |= {v for v in variants if any((job.image_idx, v) not in traced for job in batch)}
+        return [v for v in variants if v in missing]
+
+    todo = [b for b in batches if to_sample(b)]
     log.info("run folder %s: %d of %d batches to sample", run_dir, len(todo), len(batches))
     if todo:
         backend = load_backend(source, device, resolve_dtype(cfg.precision), **backend_options(cfg.model))
         pipe = AsyncPipeline(backend, source)
         settings = sampling_settings(cfg)
         for batch in tqdm(todo, desc="batches", disable=not cfg.progress):
-            missing = missing_variants(run_dir, batch, variants, cfg.save)
-            sample_batch(pipe, batch, missing, settings, token_mode, cfg.save, run_dir,
-                         run_dir / timesteps_name(cfg.shard.index, cfg.shard.count), oracle)
-            write_table(manifest_path, manifest_rows(run_dir, batches, variants, cfg_hash))
-    manifest = manifest_rows(run_dir, batches, variants, cfg_hash)
+            written, rows = sample_batch(pipe, batch, to_sample(batch), settings, token_mode, cfg.save, run_dir,
+                                         records, oracle)
+            for name in written:  # recorded again, as now written
+                records.pop(name, None)
+            trace = update_timesteps(trace_path, trace, rows)
+            write_table(manifest_path, manifest_rows(run_dir, batches, variants, cfg_hash, cfg.save, records))
+    manifest = manifest_rows(run_dir, batches, variants, cfg_hash, cfg.save, records)
     write_table(manifest_path, manifest)
     return manifest
 
 
 def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str], settings: SamplingSettings,
-                 token_mode: str, save_cfg, run_dir: Path, timesteps_path: Path, oracle=None) -> None:
-    """Sample ``variants`` for one batch of one prompt and write their files (and timestep traces)."""
+                 token_mode: str, save_cfg, run_dir: Path, records: dict | None = None,
+                 oracle=None) -> tuple[list[str], pd.DataFrame]:
+    """Sample ``variants`` for one batch of one prompt and write their missing files; returns the names
+    written and the batch's timestep trace (one row per image, variant and step)."""
     trace = TimestepTrace()
     outputs = pipe.generate(batch[0].spec, [job.seed for job in batch], settings, variants, token_mode,
                             callbacks=[trace], oracle_masks=oracle)
     rows = [{"image_idx": batch[row.pop("position")].image_idx, "variant": variant, **row}
             for variant, out in outputs.items() for row in trace.rows(variant, out.masks)]
-    update_timesteps(timesteps_path, pd.DataFrame(rows))
+    written = []
     for variant, out in outputs.items():
         for position, (job, image) in enumerate(zip(batch, out.images)):
-            if not missing_variants(run_dir, [job], [variant], save_cfg):
-                continue  # finished before this run (resume): its files stay untouched
+            if not missing_variants(run_dir, [job], [variant], save_cfg, records):
+                continue  # verified before this run (resume): its files stay untouched
             if save_cfg.latents:
-                save_array(run_dir / latent_file(job.image_idx, variant), out.latents[position].float().cpu().numpy())
+                written.append(latent_file(job.image_idx, variant))
+                save_array(run_dir / written[-1], out.latents[position].float().cpu().numpy())
             if save_cfg.masks and has_masks(variant):
                 assignment = out.masks[position].cpu().numpy().astype(np.int64)
-                save_image(run_dir / mask_file(job.image_idx, variant), mask_overlay(image, assignment))
-            save_image(run_dir / image_file(job.image_idx, variant), image)  # last: the image marks it done
+                written.append(mask_file(job.image_idx, variant))
+                save_image(run_dir / written[-1], mask_overlay(image, assignment))
+            written.append(image_file(job.image_idx, variant))
+            save_image(run_dir / written[-1], image)  # last: the image marks it done
+    return written, pd.DataFrame(rows, columns=TIMESTEP_COLUMNS)
 
 
-def update_timesteps(path: Path, rows: pd.DataFrame) -> None:
-    """timesteps.csv: per image, variant and step, the mean timestep of item and background pixels;
-    rows of images sampled again replace their earlier rows."""
-    if path.is_file():
-        old = read_table(path)
+# --- timesteps.csv: per image, variant and step, the mean timestep of item and background pixels
+
+def read_trace(run_dir: Path, path: Path, shard_count: int) -> pd.DataFrame | None:
+    """The run's timestep trace so far: its table, or (an unsharded run in the folder its shards
+    shared) theirs; None where there is none. A table that does not parse is said and read as empty,
+    and a row cut short is left out (``read_table``): the images it lacks are sampled again for it."""
+    paths = [path] if path.is_file() or shard_count > 1 else sorted(run_dir.glob("timesteps.shard-*-of-*.csv"))
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        return None
+    frames = []
+    for table in paths:
+        try:
+            frame = read_table(table)
+            if list(frame.columns) != TIMESTEP_COLUMNS:
+                raise ValueError(f"its columns are {list(frame.columns)[:8]}")
+            frame = frame.astype({"image_idx": int, "variant": str, "step": int,
+                                  "item_mean": float, "background_mean": float})
+            if len(frame) and not table.read_bytes().endswith(b"\n"):  # cut: its last image may lack steps
+                last = frame.iloc[-1]
+                frame = frame[(frame.image_idx != last.image_idx) | (frame.variant != last.variant)]
+        except (ValueError, TypeError, UnicodeDecodeError) as error:
+            log.warning("%s cannot be read (%s); the images it traced are sampled again to rebuild it (their "
+                        "files are kept)", table, " ".join(str(error).split())[:120])
+            continue
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIMESTEP_COLUMNS)
+
+
+def complete_traces(trace: pd.DataFrame | None) -> set[tuple[int, str]] | None:
+    """(image_idx, variant) whose trace has every step: steps 0..n-1, n the longest of its variant."""
+    if trace is None:
+        return None
+    counts = trace.groupby(["image_idx", "variant"]).step.agg(["nunique", "size", "max"]).reset_index()
+    steps = counts.groupby("variant")["max"].transform("max") + 1
+    whole = counts[(counts["nunique"] == steps) & (counts["size"] == steps)]
+    return {(int(i), str(v)) for i, v in zip(whole.image_idx, whole.variant)}
+
+
+def update_timesteps(path: Path, trace: pd.DataFrame | None, rows: pd.DataFrame) -> pd.DataFrame:
+    """Write the trace with ``rows`` (a batch's) in place of those images' earlier rows; returns it."""
+    if trace is not None and len(trace):
         keys = set(zip(rows.image_idx, rows.variant))
-        old = old[[(i, v) not in keys for i, v in zip(old.image_idx, old.variant)]]
-        rows = pd.concat([old, rows], ignore_index=True)
-    write_table(path, rows.sort_values(["variant", "image_idx", "step"], kind="stable"))
+        trace = trace[[(i, v) not in keys for i, v in zip(trace.image_idx, trace.variant)]]
+        rows = pd.concat([trace, rows], ignore_index=True)
+    rows = rows.sort_values(["variant", "image_idx", "step"], kind="stable").reset_index(drop=True)
+    write_table(path, rows)
+    return rows
 
 
 def run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame | None:

@@ -7,6 +7,8 @@ killed run leaves nothing half-written that counts as done. Writers take ``(path
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import logging
@@ -14,19 +16,29 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .errors import RunFolderError
+
 log = logging.getLogger(__name__)
 
-# manifest.csv: one row per finished image. ``config_hash`` names the run that wrote it (evaluation
-# reads folders written without it too).
+# manifest.csv: one row per finished image. ``config_hash`` names the run that wrote it; then the size
+# and checksum of the image, latent and mask file as they were written (empty where not saved), which a
+# resume verifies. Evaluation reads folders written without these columns too.
+RECORD_PREFIXES = {"": "image", "latent_": "latent", "mask_": "mask"}
+RECORD_COLUMNS = [f"{prefix}{field}" for prefix in RECORD_PREFIXES for field in ("bytes", "sha256")]
 MANIFEST_COLUMNS = [
     "image_idx", "prompt_idx", "prompt", "category", "items", "k", "seed", "variant", "file", "config_hash",
+    *RECORD_COLUMNS,
 ]
-MANIFEST_REQUIRED = [c for c in MANIFEST_COLUMNS if c != "config_hash"]
+MANIFEST_REQUIRED = [c for c in MANIFEST_COLUMNS if c != "config_hash" and c not in RECORD_COLUMNS]
+SHA256_CHARS = 16  # a prefix: enough to tell a damaged file from the one written, short enough to read
+# timesteps.csv: per image, variant and step, the mean timestep of the item pixels and of the rest.
+TIMESTEP_COLUMNS = ["image_idx", "variant", "step", "item_mean", "background_mean"]
 # results.csv: one row per image, variant and metric.
 RESULT_COLUMNS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant", "metric", "value"]
 
@@ -55,6 +67,77 @@ def manifest_name(index: int, count: int) -> str:
 def timesteps_name(index: int, count: int) -> str:
     """Each shard traces its own batches' timesteps; the merge concatenates them."""
     return f"timesteps{shard_suffix(index, count)}.csv"
+
+
+def file_names(image_idx: int, variant: str) -> dict[str, str]:
+    """Record prefix (RECORD_PREFIXES) -> the name of that file of one image of one variant."""
+    return {"": image_file(image_idx, variant), "latent_": latent_file(image_idx, variant),
+            "mask_": mask_file(image_idx, variant)}
+
+
+class Record(NamedTuple):
+    """A file as it was written: its size and the start of its SHA-256."""
+
+    size: int
+    sha256: str
+
+
+def record_of(path: Path) -> Record | None:
+    """The file's size and checksum now; None where it cannot be read."""
+    try:
+        stat = Path(path).stat()
+        return Record(stat.st_size, _sha256(str(path), stat.st_size, stat.st_mtime_ns))
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Keyed by size and modification time too: a file rewritten since is read again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:SHA256_CHARS]
+
+
+def verified(path: Path, record: Record | None = None) -> bool:
+    """The file is the one that was written: its size and checksum match ``record`` (from the manifest),
+    which also catches damage a decode cannot see (a changed number in a .npy); without a record (a
+    folder written before the manifest had them, or a file written after the last manifest), it reads
+    back whole (``intact``)."""
+    if record is None:
+        return intact(path)
+    return record_of(path) == record
+
+
+def recorded_files(run_dir: Path, first: str | None = "manifest.csv") -> dict[str, Record]:
+    """File name -> Record, from the manifests in ``run_dir`` (``first`` wins, then the others, e.g.
+    the shards' that shared the folder). A manifest that cannot be read records nothing: its files
+    are then verified by a decode, and the manifest is written again."""
+    run_dir = Path(run_dir)
+    paths = ([run_dir / first] if first else []) + [p for p in sorted(run_dir.glob("manifest*.csv")) if p.name != first]
+    records: dict[str, Record] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            table = read_table(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            log.warning("%s cannot be read (%s); its files are checked by decoding them and it is written again",
+                        path, " ".join(str(error).split())[:120])
+            continue
+        if "image_idx" not in table.columns or "variant" not in table.columns:
+            continue
+        for row in table.to_dict("records"):
+            if not str(row["image_idx"]).isdigit():
+                continue
+            names = file_names(int(row["image_idx"]), str(row["variant"]))
+            for prefix, name in names.items():
+                size, sha = str(row.get(f"{prefix}bytes", "")), str(row.get(f"{prefix}sha256", ""))
+                if size.isdigit() and len(sha) == SHA256_CHARS and name not in records:
+                    records[name] = Record(int(size), sha)
+    return records
 
 
 def intact(path: Path) -> bool:
@@ -101,21 +184,37 @@ def read_table(path: Path, **read_csv) -> pd.DataFrame:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file, flush it to disk, rename it over ``path``, then flush the folder:
     after a crash or power loss ``path`` holds either the old bytes or all of the new ones. The file's
-    mode follows the umask (0644 under 022), as a plain ``open`` would, so collaborators can read it."""
+    mode follows the umask (0644 under 022), as a plain ``open`` would, so collaborators can read it.
+    A write the folder refuses (a full disk, a read-only one) leaves no temporary file behind and
+    raises RunFolderError: one line that says what to do."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private (0600); a run folder follows the umask
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in FOLDER_ERRORS:
+            raise RunFolderError(f"cannot write {path}: {error.strerror or os.strerror(error.errno)}; "
+                                 f"{FOLDER_ERRORS[error.errno]}, then rerun the same command (it resumes)") from None
         raise
     _fsync_folder(path.parent)
+
+
+# Failures of a write that are the folder's, not the program's: one line saying what to do.
+FOLDER_ERRORS = {
+    errno.ENOSPC: "free some space on that disk (or choose another run_dir=...)",
+    errno.EDQUOT: "free some of your quota on that disk (or choose another run_dir=...)",
+    errno.EROFS: "choose a folder on a writable disk (run_dir=...)",
+    errno.EACCES: "make the folder writable (or choose another run_dir=...)",
+}
 
 
 def _umask() -> int:

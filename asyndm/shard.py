@@ -30,9 +30,9 @@ from omegaconf import OmegaConf
 from evaluation.pipeline import run_after_sampling
 
 from . import config as config_mod
-from .errors import AsyndmError
+from .errors import AsyndmError, exit_status, take_debug_flag
 from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
-from .run_folder import atomic_write_bytes, read_table, write_table
+from .run_folder import atomic_write_bytes, read_table, recorded_files, verified, write_table
 from .sweep import write_status
 from .variants import ordered
 
@@ -79,7 +79,12 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
         if not (folder / "config.yaml").is_file():
             raise MergeError(f"{folder} holds no config.yaml: pass the folders of "
                              f"`asyndm ... shard.index=i shard.count=n` runs")
-        configs[folder] = OmegaConf.load(folder / "config.yaml")
+        try:
+            configs[folder] = OmegaConf.load(folder / "config.yaml")
+            configs[folder].shard.index  # noqa: B018 - a run's config has one
+        except Exception as error:  # noqa: BLE001 - anything that is not a run's config.yaml
+            raise MergeError(f"{folder / 'config.yaml'} is damaged ({' '.join(str(error).split())[:100]}); rerun "
+                             f"that shard's command to write it again") from None
     hashes = {str(c.get("config_hash")) for c in configs.values()}
     if len(hashes) != 1:
         listing = ", ".join(f"{f} ({c.get('config_hash')})" for f, c in configs.items())
@@ -108,26 +113,34 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
     s = cfg.sample
     batches = plan_batches(specs, s.images_per_prompt, s.batch_size, cfg.seed)
     variants = ordered(cfg.variants)  # as run.py orders them (composed variants too)
+    records = [recorded_files(d, None) for d in shard_dirs]  # each shard's manifest: what it wrote
     missing = []
     for batch in batches:
         for job in batch:
             for variant in variants:
                 for name in files_for(job, variant, cfg.save):
-                    src = next((d / name for d in shard_dirs if (d / name).is_file()), None)
+                    src = next((d / name for d, r in zip(shard_dirs, records) if verified(d / name, r.get(name))),
+                               None)
                     if src is None:
                         missing.append(name)
                     else:
                         _copy(src, out_dir / name)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise MergeError(f"{len(missing)} files of the run are in no shard folder ({', '.join(missing[:3])}{more}): "
-                         f"a shard did not finish; rerun its command (it resumes) and merge again")
-    traces = [read_table(p) for d in shard_dirs for p in sorted(d.glob("timesteps.shard-*-of-*.csv"))]
+        raise MergeError(f"{len(missing)} files of the run are in no shard folder, or damaged there "
+                         f"({', '.join(missing[:3])}{more}): a shard did not finish; rerun its command (it resumes "
+                         f"and restores damaged files) and merge again")
+    try:
+        traces = [read_table(p) for d in shard_dirs for p in sorted(d.glob("timesteps.shard-*-of-*.csv"))]
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MergeError(f"a shard's timesteps table is damaged ({' '.join(str(error).split())[:100]}); rerun "
+                         f"that shard's command (it rebuilds the table) and merge again") from None
     if traces:
         merged = pd.concat(traces, ignore_index=True).drop_duplicates(["image_idx", "variant", "step"])
         write_table(out_dir / "timesteps.csv", merged.sort_values(["variant", "image_idx", "step"], kind="stable"))
     atomic_write_bytes(out_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
-    manifest = manifest_rows(out_dir, batches, variants, str(cfg.config_hash))
+    merged_records = {name: record for r in reversed(records) for name, record in r.items()}
+    manifest = manifest_rows(out_dir, batches, variants, str(cfg.config_hash), cfg.save, merged_records)
     write_table(out_dir / "manifest.csv", manifest)
     write_status(out_dir / "status.json", "completed", merged_from=[str(d) for d in shard_dirs])
     if evaluate and (cfg.get("eval") or (cfg.get("logger") or {}).get("name", "none") != "none"):
@@ -136,19 +149,24 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asyndm.shard",
-                                     description="Merge the folders of a sharded run into one run folder; score it.")
+    argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="asyndm-merge", description="Merge the folders of a sharded run into one "
+                                     "run folder; score it.",
+                                     epilog="--debug (or ASYNDM_DEBUG=1): show the traceback of an error")
     parser.add_argument("out", type=Path, help="the merged run folder (created); alone: the folder the shards shared")
     parser.add_argument("shards", type=Path, nargs="*", help="shard folders (with manifest.shard-<i>-of-<n>.csv)")
     parser.add_argument("--no-eval", action="store_true", help="merge only; score later with `asyndm-eval OUT`")
     args = parser.parse_args(argv)
-    try:
-        manifest = merge_shards(args.out, args.shards, evaluate=not args.no_eval)
-    except AsyndmError as err:
-        print(f"asyndm.shard: error: {err}", file=sys.stderr)
+    if args.out.exists() and not args.out.is_dir():
+        print(f"asyndm-merge: error: {args.out} is a file; the merged run needs a folder", file=sys.stderr)
         return 2
-    print(f"{args.out}: {len(manifest)} images merged from {len(args.shards) or 1} folder(s)")
-    return 0
+    # Bad input: folders that are not shards of one run, damaged files in them; scoring's own errors.
+    def merge() -> int:
+        manifest = merge_shards(args.out, args.shards, evaluate=not args.no_eval)
+        print(f"{args.out}: {len(manifest)} images merged from {len(args.shards) or 1} folder(s)")
+        return 0
+
+    return exit_status("asyndm-merge", merge, (AsyndmError, OSError, ValueError, KeyError))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,10 @@ def sweep_job(run_dir: Path, cfg: DictConfig) -> Iterator[None]:
         with _job_gpu(multirun, job_num, sweep_dir, cfg.get("device")):
             yield
     except Exception as err:  # noqa: BLE001 - KeyboardInterrupt and SystemExit (preemption) pass
-        write_status(path, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:])
+        try:
+            write_status(path, "failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:])
+        except (OSError, ValueError) as status_error:  # a full disk: the run's own error is the one to report
+            log.warning("could not record the failure in %s: %s", path, status_error)
         if not multirun:
             raise
         log.error("job failed (the sweep goes on; see %s): %s: %s", path, type(err).__name__, err)

@@ -43,6 +43,7 @@ def item_token_positions(
                     f"'{prompt}'; fix the item file or use prompts.item_tokens=word"
                 )
             positions.append([word_index + 1])
+        check_length(tokenizer, prompt)
         return positions
     if mode != "word":
         raise PromptError(f"prompts.item_tokens={mode}: choose one of {', '.join(TOKEN_MODES)}")
@@ -56,4 +57,15 @@ def item_token_positions(
                 f"(or lies past its {tokenizer.model_max_length}-token limit)"
             )
         positions.append(list(range(start + 1, start + 1 + len(word_ids))))
+    check_length(tokenizer, prompt)
     return positions
+
+
+def check_length(tokenizer, prompt: str) -> None:
+    """A prompt longer than the text encoder reads would lose its last words without a word said:
+    refused, naming the limit (checked where its items fit, so that an item past it is named first)."""
+    length = len(tokenizer(prompt).input_ids)
+    if length > tokenizer.model_max_length:
+        shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+        raise PromptError(f"prompt '{shown}' is {length} tokens, more than the {tokenizer.model_max_length} "
+                          f"the text encoder reads (the rest would be cut off); shorten it")

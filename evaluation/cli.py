@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from asyndm.config import CONF_DIR
+from asyndm.errors import AsyndmError, exit_status, take_debug_flag
 
 PRIMARY = "asyndm_eval_run"
 RUN_OPTION = "_run_"  # the run's own eval/logger content, as an option of those groups
@@ -53,24 +54,35 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], conf_dir: Path = CONF
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asyndm-eval", description=__doc__.split("\n")[0])
+    argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="asyndm-eval", description=__doc__.split("\n")[0],
+                                     epilog="--debug (or ASYNDM_DEBUG=1): show the traceback of an error")
     parser.add_argument("run_dir", type=Path, help="a sampling run folder (holds config.yaml and manifest.csv)")
     parser.add_argument("overrides", nargs="*", help="e.g. eval=[clip] eval.clip.batch_size=8 logger=wandb")
     args = parser.parse_args(argv)
-    config_path = args.run_dir / "config.yaml"
-    if not config_path.is_file():
-        parser.error(f"{config_path} not found; pass a run folder written by `asyndm`")
     from hydra.errors import HydraException
+    from yaml import YAMLError
 
-    try:
-        cfg = apply_overrides(OmegaConf.load(config_path), args.overrides)
-    except (ValueError, HydraException) as error:  # a bad override: one line, as `asyndm` prints
-        print(f"asyndm-eval: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+    # Bad input: a folder that is not a run, a damaged config.yaml or table, a bad override.
+    return exit_status("asyndm-eval", lambda: evaluate(args.run_dir, args.overrides),
+                       (AsyndmError, OSError, ValueError, KeyError, YAMLError, HydraException))
+
+
+def evaluate(run_dir: Path, overrides: list[str]) -> int:
+    config_path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise AsyndmError(f"{run_dir} is not a folder; pass a run folder written by `asyndm` (it holds config.yaml)")
+    if not config_path.is_file():
+        raise AsyndmError(f"{config_path} not found; pass a run folder written by `asyndm`")
+    saved = OmegaConf.load(config_path)
+    if not isinstance(saved, DictConfig):
+        raise AsyndmError(f"{config_path} is damaged (not a mapping of settings); rerun the asyndm command that "
+                          f"made the run to write it again")
+    cfg = apply_overrides(saved, overrides)
 
     from evaluation.pipeline import run_after_sampling  # scoring's libraries load after the arguments are checked
 
-    summary = run_after_sampling(args.run_dir, cfg, job_type="eval")
+    summary = run_after_sampling(run_dir, cfg, job_type="eval")
     if summary is None:
         print(f"nothing to evaluate: {config_path} has no eval entries; add e.g. eval=[clip]", file=sys.stderr)
     return 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from asyndm.run_folder import MANIFEST_REQUIRED, RESULT_COLUMNS, mask_file, read_table
 from evaluation.variants import order_variants
+
+log = logging.getLogger(__name__)
+# The columns of a result row that must match its image's row in the manifest.
+IMAGE_KEYS = ["image_idx", "prompt_idx", "prompt", "category", "seed", "variant"]
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -61,6 +66,37 @@ def read_results(run_dir: Path) -> pd.DataFrame:
     results["prompt"] = results["prompt"].astype(str)
     results["value"] = results["value"].astype(float)
     return results
+
+
+def verified_results(run_dir: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """results.csv as far as it can be trusted, to resume scoring from: a table that does not parse is
+    said and read as empty, and a row that does not match an image of ``manifest`` (its index, prompt,
+    category, seed and variant), names no metric, or has a value that is not a number is left out. What
+    is left out is scored again; it never becomes a metric."""
+    path = Path(run_dir) / "results.csv"
+    empty = read_results(Path(run_dir) / "no such folder")
+    if not path.is_file():
+        return empty
+    try:
+        raw = read_table(path, dtype=str, keep_default_na=False)
+        if list(raw.columns) != RESULT_COLUMNS:
+            raise ValueError(f"its columns are {list(raw.columns)[:8]}, not {RESULT_COLUMNS}")
+    except (ValueError, UnicodeDecodeError) as error:
+        log.warning("%s cannot be read (%s); every image is scored again", path, " ".join(str(error).split())[:120])
+        return empty
+    images = manifest[IMAGE_KEYS].astype(str)
+    known = set(map(tuple, images.itertuples(index=False)))
+    value = pd.to_numeric(raw["value"].replace({"": "nan"}), errors="coerce")
+    usable = (pd.Series([tuple(r) in known for r in raw[IMAGE_KEYS].itertuples(index=False)], index=raw.index, dtype=bool)
+              & (raw["metric"] != "") & (value.notna() | raw["value"].isin(["", "nan", "NaN"])))
+    if not usable.all():
+        log.warning("%s: %d of %d rows match no image of the manifest or are damaged; they are scored again",
+                    path, int((~usable).sum()), len(raw))
+    results = raw[usable].copy()
+    results["value"] = value[usable]
+    for column in ("image_idx", "prompt_idx", "seed"):
+        results[column] = results[column].astype(manifest[column].dtype)
+    return results.reset_index(drop=True)
 
 
 def mask_files(run_dir: Path, image_idx: int, variants: list[str]) -> dict[str, Path]:

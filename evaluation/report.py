@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from asyndm.errors import debugging, take_debug_flag  # noqa: E402
 from asyndm.run_folder import atomic_write_text  # noqa: E402
 from asyndm.sweep import SUMMARY_FILE, is_sweep_folder, write_sweep_summary  # noqa: E402
 from evaluation.io import grid_columns, mask_files, read_manifest, read_results  # noqa: E402
@@ -432,7 +433,9 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, tim
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asyndm-report", description=__doc__.split("\n")[0])
+    argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(prog="asyndm-report", description=__doc__.split("\n")[0],
+                                     epilog="--debug (or ASYNDM_DEBUG=1): show the traceback of an error")
     parser.add_argument("folder", type=Path, help="a run folder, or a sweep folder holding run folders")
     parser.add_argument("--pairs", type=int, default=4, help="(prompt, seed) rows in each image grid")
     parser.add_argument("--categories", action="store_true", help="a table row per prompt category too")
@@ -446,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _report(args)
     except (OSError, ValueError, KeyError) as error:  # a folder that is not (or no longer) a run, a damaged file
+        if debugging():
+            raise
         print(f"asyndm-report: error: {' '.join(str(error).split())}; rerun the asyndm command that made the "
               f"run to restore damaged files", file=sys.stderr)
         return 2

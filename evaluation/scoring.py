@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from asyndm.run_folder import RESULT_COLUMNS, atomic_write_json, write_table
 from evaluation import registry
-from evaluation.io import read_manifest, read_results
+from evaluation.io import read_manifest, verified_results
 
 META_FILE = "results.meta.json"
 DEFAULT_CHUNK = 32
@@ -89,7 +89,7 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     check_images_exist(run_dir, manifest)
-    results = read_results(run_dir)
+    results = verified_results(run_dir, manifest)
     meta_path = run_dir / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 

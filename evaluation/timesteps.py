@@ -21,12 +21,11 @@ import numpy as np
 import pandas as pd
 
 from asyndm.curve_shapes import closed_form
-from asyndm.run_folder import read_table
+from asyndm.run_folder import TIMESTEP_COLUMNS as TRACE_COLUMNS, read_table
 from evaluation.io import read_manifest
 from evaluation.variants import order_variants
 
 TRACE_FILE = "timesteps.csv"
-TRACE_COLUMNS = ["image_idx", "variant", "step", "item_mean", "background_mean"]
 NUM_TRAIN_TIMESTEPS = 1000  # Y
 STEPS_OFFSET = 1  # o
 PAPER_COLORS = {"dm": "#7f7f7f", "dm_concave": "#1f77b4", "asyndm": "#d62728"}

@@ -6,6 +6,7 @@ import stat
 import pandas as pd
 import pytest
 
+from asyndm.errors import RunFolderError
 from asyndm.run_folder import atomic_write_bytes, atomic_write_json, atomic_write_text, write_table
 
 
@@ -34,7 +35,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        atomic_write_text(target, "new")
+    with pytest.raises(RunFolderError, match="No space left on device; free some space on that disk"):
+        atomic_write_text(target, "new")  # one line saying what to do (asyndm/errors.py)
     monkeypatch.undo()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.csv"]
