@@ -45,7 +45,7 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
 
 
 # model.<key> settings a backend's constructor takes (absent from a family that has no such choice)
-BACKEND_OPTIONS = ("text_timestep",)
+BACKEND_OPTIONS = ("text_timestep", "num_frames")
 
 
 def backend_options(model_cfg) -> dict:

@@ -21,6 +21,7 @@ import torch
 from .. import sources
 from ..conditioning import PromptConditioning, TextConditioning
 from ..guidance import ClassifierFreeGuidance, Prediction
+from ..masks import masks_from_attention
 from ..timeline import Timeline
 from ..tokens import item_token_positions
 
@@ -195,6 +196,12 @@ class Backend(ABC):
         ``blocks``: the transformer blocks whose attention makes the masks (``mask.blocks``; None: the
         family's default). UNet families, whose layers are chosen by ``resolution``, refuse it.
         """
+
+    def item_masks(self, item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float, grid: tuple[int, int],
+                   latent: tuple[int, int], time: str = "frame") -> torch.Tensor:
+        """(B, n_items, cells) item maps → (B, *latent) item per cell, -1 background (§6). ``time``
+        (``mask.time``): per frame or the union over frames, for families whose grid holds frames."""
+        return masks_from_attention(item_maps, item_k, threshold, grid, latent)
 
     @abstractmethod
     def step(
