@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .devices import auto_device_type
 from .errors import ConfigError
-from .settings import (CURVE_SEMANTICS, CURVES, MASK_MODES, PRECISIONS, SampleSettings, register_sample_defaults,
+from .settings import (CURVE_SEMANTICS, CURVES, MASK_MODES, MASK_TIMES, PRECISIONS, SampleSettings, register_sample_defaults,
                        register_variant_options, type_problem)
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
@@ -24,7 +24,7 @@ HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sam
 UNHASHED_SAMPLE_KEYS = ("batch_size",)
 # Keys added after run folders existed: left out of the hash while they hold these defaults, so the
 # folders of earlier runs keep their names (and resume).
-LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None}}
+LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None, "time": "frame"}}
 # The sampler's semantics, part of every run's identity (``sampler_semantics``); a folder sampled
 # under another one is refused, not resumed into. Each version says what changed the images:
 SEMANTICS_CHANGES = {
@@ -232,6 +232,15 @@ def validate(cfg: DictConfig) -> None:
     blocks = cfg.mask.get("blocks")
     _require(blocks is None or (len(blocks) > 0 and all(isinstance(b, int) and b >= 0 for b in blocks)),
              f"mask.blocks={blocks}: a list of block indices (0 = the first transformer block) or null")
+    time = cfg.mask.get("time", "frame")
+    _require(time in MASK_TIMES, f"mask.time={time}: choose {' or '.join(MASK_TIMES)} (videos: an item's mask per "
+                                 f"frame, or the union over its frames)")
+    frames = cfg.model.get("num_frames")
+    _require(frames is None or (isinstance(frames, int) and not isinstance(frames, bool) and frames >= 1),
+             f"model.num_frames={frames}: a positive number of frames (1: an image), or null for the model's default")
+    size = cfg.model.get("default_size")
+    _require(size is None or (len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)),
+             f"model.default_size={size}: [height, width] in pixels, or null for the pipeline's default")
     s = cfg.sample
     problem = type_problem(s, SampleSettings, "sample")  # every sample.* value of its declared type
     _require(problem is None, problem)

@@ -28,7 +28,7 @@ from .history import invocation
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
 from .oracle import load_oracle
-from .outputs import mask_overlay, save_array, save_image
+from .outputs import frame_overlays, key_frames, mask_overlay, save_array, save_image, save_video, video_format
 from .pipeline import AsyncPipeline
 from .plan import (
     ImageJob,
@@ -43,12 +43,15 @@ from .plan import (
 from .resume import check_resumable
 from .run_folder import (
     atomic_write_bytes,
+    frame_file,
     image_file,
     latent_file,
     manifest_name,
     mask_file,
+    mask_video_file,
     read_table,
     timesteps_name,
+    video_file,
     write_table,
 )
 from .sampler import SamplingSettings
@@ -74,6 +77,7 @@ def sampling_settings(cfg: DictConfig) -> SamplingSettings:
         mask_threshold=cfg.mask.threshold,
         mask_resolution=cfg.mask.resolution,
         mask_blocks=tuple(cfg.mask.blocks) if cfg.mask.get("blocks") is not None else None,
+        mask_time=cfg.mask.get("time", "frame"),
         variant_options=OmegaConf.to_container(cfg.get("variant") or {}, resolve=True),  # asyndm/options/
         show_progress=cfg.progress,
     )
@@ -162,10 +166,30 @@ def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str]
                 continue  # finished before this run (resume): its files stay untouched
             if save_cfg.latents:
                 save_array(run_dir / latent_file(job.image_idx, variant), out.latents[position].float().cpu().numpy())
-            if save_cfg.masks and has_masks(variant):
+            if isinstance(image, list):  # a video model's frames (one frame: an image)
+                image = save_frames(run_dir, job.image_idx, variant, image, out, position, save_cfg)
+            elif save_cfg.masks and has_masks(variant):
                 assignment = out.masks[position].cpu().numpy().astype(np.int64)
                 save_image(run_dir / mask_file(job.image_idx, variant), mask_overlay(image, assignment))
             save_image(run_dir / image_file(job.image_idx, variant), image)  # last: the image marks it done
+
+
+def save_frames(run_dir: Path, image_idx: int, variant: str, frames: list, out, position: int, save_cfg):
+    """A video's frames, its video and its mask (a mask video beside the key frames' overlays); returns what
+    the image file holds: the first, middle and last frames side by side (a single frame: itself)."""
+    video = len(frames) > 1
+    extension = video_format()
+    if video:
+        for index, frame in enumerate(frames):
+            save_image(run_dir / frame_file(image_idx, variant, index), frame)
+        save_video(run_dir / video_file(image_idx, variant, extension), frames)
+    if save_cfg.masks and has_masks(variant):
+        assignment = out.masks[position].cpu().numpy().astype(np.int64)
+        overlays = frame_overlays(frames, assignment, out.latents.shape[2])  # latents (B, C, F, h, w)
+        if video:
+            save_video(run_dir / mask_video_file(image_idx, variant, extension), overlays)
+        save_image(run_dir / mask_file(image_idx, variant), key_frames(overlays))
+    return key_frames(frames)
 
 
 def update_timesteps(path: Path, rows: pd.DataFrame) -> None:

@@ -21,6 +21,7 @@ from .variants import VARIANTS
 CURVES = ("bin", "lin", "exp")  # METHOD.md §3
 CURVE_SEMANTICS = ("reference", "refit")  # the release's float32 curves, or smoother float64 ones
 MASK_MODES = ("dynamic", "static")  # §6
+MASK_TIMES = ("frame", "union")  # videos: an item's mask per frame, or the union over its frames
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 

@@ -35,6 +35,7 @@ from ..flow import FlowShift, check_scheduler, flow_timeline, scheduler_timestep
 from ..guidance import Prediction
 from ..joint_attention import JointAttentionStore
 from ..masks import frame_assignment
+from ..settings import MASK_TIMES
 from ..timeline import Timeline
 from .base import Backend, ItemAttention, ItemTokens
 from .mmdit import sentencepiece_positions
@@ -42,7 +43,6 @@ from .sd3 import middle_blocks
 
 log = logging.getLogger(__name__)
 
-MASK_TIMES = ("frame", "union")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class WanBackend(Backend):
     pipeline_classes = ("WanPipeline",)
     max_sequence_length = 512  # WanPipeline's default UMT5 length
 
-    def __init__(self, pipe, device: torch.device, dtype: torch.dtype, num_frames: int | None = None):
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype, num_frames: int | None = None,
+                 default_size: tuple[int, int] | None = None):
         if pipe.transformer is None or pipe.transformer_2 is not None or pipe.config.boundary_ratio is not None:
             raise NotImplementedError("a two-expert Wan 2.2 folder (transformer_2, boundary_ratio): asyndm drives "
                                       "single-transformer Wan folders (Wan 2.1 T2V, Wan 2.2 TI2V-5B)")
@@ -110,6 +111,7 @@ class WanBackend(Backend):
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
         self.num_frames = frames
+        self._default_size = tuple(int(side) for side in default_size) if default_size else None
         tau0 = float(scheduler_timesteps(pipe.scheduler, 2)[0])
         self.shift = FlowShift.from_scheduler(pipe.scheduler, torch.float64, ceiling=tau0)
 
@@ -131,7 +133,9 @@ class WanBackend(Backend):
 
     @property
     def default_size(self) -> tuple[int, int]:
-        """WanPipeline's defaults (480×832): pass sample.height / sample.width for a preset's own size."""
+        """The model config's ``default_size`` (a preset's own resolution), else WanPipeline's defaults (480×832)."""
+        if self._default_size:
+            return self._default_size
         return _call_default(type(self.pipe), "height"), _call_default(type(self.pipe), "width")
 
     @property
