@@ -39,4 +39,6 @@ part flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1
 cost=("$py" scripts/call_cost.py --device cuda --precision bf16 --resolution 1024 --rounds 5)
 part sd35m_call_cost "${cost[@]}" --model sd35m-shaped --batch-size 4
 part flux_call_cost "${cost[@]}" --model flux-shaped --batch-size 1
+# Wan 2.1 T2V 1.3B (docs/video.md): 480x832, 21 frames (6 latent frames, 9360 tokens), bf16
+part wan_bf16 "${bench[@]}" --model wan-shaped --precision bf16 --batch-size 1 --steps 10 --frames 21 --repeats 2
 exit $status
