@@ -150,3 +150,33 @@ def test_wan_presets_compose_in_bf16_and_smoke_runs_them_on_the_tiny_wan(model, 
     validate(cfg)
     assert smoke.model.builder == "tiny_wan" and list(smoke.eval) == ["clip_video"] and smoke.precision == "fp32"
     validate(smoke)
+
+
+def test_the_video_judge_rates_evenly_spaced_frames_and_keeps_unparseable_answers():
+    from evaluation.video_vlm_judge import MINIMUM, SCORE, UNPARSEABLE, VideoVlmJudge, spaced_frames
+
+    assert spaced_frames(81, 3) == [0, 40, 80] and spaced_frames(5, 3) == [0, 2, 4] and spaced_frames(2, 3) == [0, 1]
+    judge = VideoVlmJudge.__new__(VideoVlmJudge)  # the rating logic alone: answers given, no model loaded
+    judge.frames, judge.scale = 3, (1.0, 10.0)
+    asked = []
+
+    def answers(images, questions):
+        asked.extend(images)
+        return ["7", "4", "no idea", "9", "8", "10"][: len(images)]
+
+    judge.answers = answers
+    frames = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(5)]
+    scores = judge.score([frames, frames[:3]], ["a dog", "a cat"])
+    assert [im.getpixel((0, 0))[0] for im in asked] == [0, 2, 4, 0, 1, 2]
+    assert scores[SCORE] == [5.5, 9.0] and scores[MINIMUM] == [4.0, 8.0]
+    assert scores[UNPARSEABLE] == pytest.approx([1 / 3, 0.0])
+
+
+def test_the_video_judge_runs_with_the_tiny_vlm(tiny_cache):
+    from evaluation import registry
+
+    frames = [Image.new("RGB", (32, 32), (30 * i, 60, 90)) for i in range(5)]
+    scores = registry.build("vlm_video", {"evaluator": "vlm_video", "model": "tiny", "frames": 2, "device": "cpu",
+                                          "max_new_tokens": 2}).score([frames], ["a dog"])
+    assert set(scores) == {"vlm_video/score", "vlm_video/min", "vlm_video/unparseable"}
+    assert 0 <= scores["vlm_video/unparseable"][0] <= 1
