@@ -69,6 +69,18 @@ def frame_files(run_dir: Path, image: str) -> list[Path]:
     return frames or [Path(run_dir) / image]
 
 
+def video_companions(run_dir: Path, image_idx: int, variant: str) -> list[str]:
+    """The frames, video and mask video beside an image file in ``run_dir`` (none for image models),
+    as paths in the run folder: what a merge copies with the image."""
+    run_dir = Path(run_dir)
+    stem = f"{image_idx:05}_{variant}"
+    found = [f"frames/{stem}/{p.name}" for p in sorted((run_dir / "frames" / stem).glob("*.png"))]
+    for extension in VIDEO_FORMATS:
+        found += [name for name in (video_file(image_idx, variant, extension), mask_video_file(image_idx, variant, extension))
+                  if (run_dir / name).is_file()]
+    return found
+
+
 def shard_suffix(index: int, count: int) -> str:
     """'' for an unsharded run, else '.shard-{index}-of-{count}' (for manifest and status files)."""
     return "" if count == 1 else f".shard-{index}-of-{count}"

@@ -180,3 +180,26 @@ def test_the_video_judge_runs_with_the_tiny_vlm(tiny_cache):
                                           "max_new_tokens": 2}).score([frames], ["a dog"])
     assert set(scores) == {"vlm_video/score", "vlm_video/min", "vlm_video/unparseable"}
     assert 0 <= scores["vlm_video/unparseable"][0] <= 1
+
+
+def test_a_merge_of_shards_copies_each_videos_frames_and_videos(run_dir, tmp_path):
+    """Two shards (the run's own folder split by hand into shard manifests) merge into a folder that
+    holds every frame and video beside its image."""
+    import shutil
+
+    import pandas as pd
+
+    from asyndm.shard import merge_shards
+    from asyndm.run_folder import video_companions
+
+    shard = tmp_path / "shard"
+    shutil.copytree(run_dir, shard)
+    manifest = pd.read_csv(shard / "manifest.csv")
+    manifest.to_csv(shard / "manifest.shard-0-of-1.csv", index=False)
+    out = tmp_path / "merged"
+    merge_shards(out, [shard], evaluate=False)
+    for j in range(2):
+        for variant in ("dm", "asyndm"):
+            companions = video_companions(run_dir, j, variant)
+            assert len(companions) == 5 + 1 + (variant == "asyndm")  # frames, video, mask video
+            assert all((out / name).read_bytes() == (run_dir / name).read_bytes() for name in companions)
