@@ -275,3 +275,31 @@ def test_bad_frame_counts_and_mask_settings_are_refused_in_one_line(wan, tiny_wa
         wan.item_attention(tokens, latents, None, blocks=[9])
     with pytest.raises(ValueError, match="mask.time=both"):
         wan.item_masks(torch.rand(1, 2, 48), torch.tensor([0.5, 0.5]), 1.0, GRID, GRID, time="both")
+
+
+# ---------------------------------------------------------------------------- Wan 2.2 TI2V's shape
+
+
+@pytest.fixture(scope="module")
+def ti2v_path(tmp_path_factory):
+    """A tiny Wan 2.2 TI2V (expand_timesteps: the pipeline itself passes a per-token timestep; 48 channels,
+    VAE factor 16), saved with save_pretrained."""
+    from asyndm.offline.wan import tiny_wan22_ti2v_pipeline
+
+    folder = tmp_path_factory.mktemp("ti2v") / "tiny-wan22-ti2v"
+    tiny_wan22_ti2v_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_dm_equals_the_ti2v_pipeline_on_its_per_token_path(ti2v_path, dtype):
+    backend = _backend(ti2v_path, dtype)
+    tokens = backend.item_tokens(PROMPT, ITEMS, None, "word")
+    ours = sample(backend, tokens, "dm").latents
+    assert ours.shape == (2, 48, 2, 4, 6) and backend.map_shape(ours) == (2 * 2, 3)
+    assert torch.equal(ours, pipeline_latents(ti2v_path, dtype))
+    linear = sample(backend, tokens, "asyndm", masks=torch.full((2, 4, 3), -1)).latents
+    if dtype == torch.float32:
+        torch.testing.assert_close(linear, ours, rtol=1e-5, atol=1e-5)
+    frames = backend.decode(ours)
+    assert len(frames[0]) == FRAMES and frames[0][0].size == (WIDTH, HEIGHT)

@@ -89,3 +89,26 @@ def wan21_1_3b_shaped_pipeline():
                                                is_encoder_decoder=False, use_cache=False))
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=wan_scheduler(),
                        transformer=transformer)
+
+
+def tiny_wan22_ti2v_pipeline():
+    """Wan 2.2 TI2V in small, in memory: the per-token timestep path (``expand_timesteps``), 48 latent
+    channels, the residual VAE with a 2×2 patchified output (factor 16 in space), flow shift 5."""
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+    tokenizer = t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
+                                        in_channels=48, out_channels=48, text_dim=32, freq_dim=64, ffn_dim=64,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        eps=1e-6, rope_max_seq_len=1024)
+    torch.manual_seed(1)
+    generator = torch.Generator().manual_seed(1)
+    mean, std = torch.randn(48, generator=generator) * 0.5, 1 + torch.rand(48, generator=generator)
+    vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           attn_scales=[], temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                           scale_factor_temporal=4, scale_factor_spatial=16, in_channels=12, out_channels=12,
+                           latents_mean=mean.tolist(), latents_std=std.tolist())
+    text_encoder = tiny_umt5_encoder(len(tokenizer), 32, seed=2)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=wan_scheduler(5.0),
+                       transformer=transformer, expand_timesteps=True)
