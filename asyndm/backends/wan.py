@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .. import sources
 from ..conditioning import PromptConditioning, TextConditioning
 from ..cross_attention_maps import capture_cross_attention
-from ..errors import PromptError
+from ..errors import ModelError, PromptError
 from ..flow import FlowShift, check_scheduler, flow_timeline, scheduler_timesteps
 from ..guidance import Prediction
 from ..joint_attention import JointAttentionStore
@@ -184,6 +184,9 @@ class WanBackend(Backend):
         from transformers import AutoTokenizer
 
         tokenizer = sources.from_pretrained(AutoTokenizer.from_pretrained, source, subfolder="tokenizer")
+        if len(tokenizer) < 1000:  # transformers 5 may hand back a stub offline instead of raising
+            raise ModelError(f"model.path={source}: its UMT5 tokenizer loaded with only {len(tokenizer)} tokens; its "
+                             f"files are missing (download the folder where there is network, pass model.path=<dir>)")
         return lambda prompt, items, legacy, mode: resolve_items(tokenizer, prompt, items, mode, cls.max_sequence_length)
 
     def item_tokens(self, prompt: str, items: list[str], legacy_item_idx, mode: str) -> ItemTokens:
