@@ -304,3 +304,11 @@ def test_dm_equals_the_ti2v_pipeline_on_its_per_token_path(ti2v_path, dtype):
         torch.testing.assert_close(linear, ours, rtol=1e-5, atol=1e-5)
     frames = backend.decode(ours)
     assert len(frames[0]) == FRAMES and frames[0][0].size == (WIDTH, HEIGHT)
+
+
+def test_static_masks_come_from_the_dm_pass_per_frame(wan, tokens):
+    settings = SamplingSettings(steps=3, guidance_scale=5.0, height=HEIGHT, width=WIDTH, mask_mode="static")
+    results = AsyncSampler(wan, settings).sample(PROMPT, tokens, K, SEEDS, ["dm", "asyndm"])
+    masks = results["asyndm"].assignment.view(2, 2, 4, 6)
+    assert all((masks[:, f] >= 0).any() for f in range(2))
+    assert torch.equal(results["dm"].latents, sample(wan, tokens, "dm", steps=3).latents)
