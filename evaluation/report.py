@@ -290,10 +290,12 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path | None:
 
 
 def primary_metric(results: pd.DataFrame) -> str:
-    """The metric shown under grid images: an exact score where there is one, else the first."""
+    """The metric shown under grid images: an exact score where there is one, then a video's mean
+    alignment over its frames (not its consistency), else the first."""
     metrics = sorted(results["metric"].unique())
     exact = [m for m in metrics if m.endswith("/exact")]
-    return (exact or metrics)[0]
+    frames = [m for m in metrics if m.endswith("/frame_mean")]
+    return (exact or frames or metrics)[0]
 
 
 def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame | None = None) -> Path:

@@ -203,3 +203,12 @@ def test_a_merge_of_shards_copies_each_videos_frames_and_videos(run_dir, tmp_pat
             companions = video_companions(run_dir, j, variant)
             assert len(companions) == 5 + 1 + (variant == "asyndm")  # frames, video, mask video
             assert all((out / name).read_bytes() == (run_dir / name).read_bytes() for name in companions)
+
+
+def test_the_report_shows_each_variants_key_frames_titled_by_frame_alignment(run_dir):
+    from evaluation.report import build_report, primary_metric
+    import pandas as pd
+
+    assert primary_metric(pd.read_csv(run_dir / "results.csv")) == "clip_video/frame_mean"
+    page = build_report(run_dir)
+    assert page.is_file() and (run_dir / "report" / "grid.png").is_file()
