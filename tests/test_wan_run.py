@@ -212,3 +212,7 @@ def test_the_report_shows_each_variants_key_frames_titled_by_frame_alignment(run
     assert primary_metric(pd.read_csv(run_dir / "results.csv")) == "clip_video/frame_mean"
     page = build_report(run_dir)
     assert page.is_file() and (run_dir / "report" / "grid.png").is_file()
+    text = page.read_text()  # the videos play beside each other, linked from the run folder
+    extension = outputs.video_format()
+    for name in (f"videos/00000_dm.{extension}", f"videos/00001_asyndm.{extension}", f"masks/00000_asyndm.{extension}"):
+        assert f'src="{name}"' in text
