@@ -102,6 +102,10 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
             below, above = max(step, value // step * step), (value // step + 1) * step
             raise ConfigError(f"sample.{side}={value}: this model needs a multiple of {step} pixels (its VAE, and "
                               f"the grids its timesteps and masks live on); use {below} or {above}")
+    try:  # the family's own settings (model.num_frames ...), from the configs
+        backend_cls.check_options(source, backend_options(cfg.model))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     token_mode = item_token_mode(cfg)
     resolution = cfg.mask.resolution
     if resolution is not None:

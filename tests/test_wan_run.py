@@ -216,3 +216,10 @@ def test_the_report_shows_each_variants_key_frames_titled_by_frame_alignment(run
     extension = outputs.video_format()
     for name in (f"videos/00000_dm.{extension}", f"videos/00001_asyndm.{extension}", f"masks/00000_asyndm.{extension}"):
         assert f'src="{name}"' in text
+
+
+def test_a_frame_count_the_vae_cannot_take_is_refused_before_any_weights_load(tmp_path):
+    proc = run_cli(tmp_path / "run", "model.num_frames=6")
+    assert proc.returncode != 0
+    assert "model.num_frames=6: Wan's VAE takes 1 + 4·n frames; use 5 or 9" in proc.stderr
+    assert "Loading pipeline components" not in proc.stderr

@@ -131,6 +131,11 @@ class Backend(ABC):
         return None
 
     @classmethod
+    def check_options(cls, source: str, options: dict) -> None:
+        """Refuse, from the configs alone (no weights), family settings (``model.*``, as ``load_backend``
+        passes them) that the model cannot take, in one line naming the key and the fix. Default: none."""
+
+    @classmethod
     def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int] | None:
         """The grid sides a mask can be read at for that image size, from the configs alone (no
         weights), so ``mask.resolution`` is checked before loading; None where not known cheaply."""

@@ -102,11 +102,7 @@ class WanBackend(Backend):
         pipe.scheduler = euler_scheduler(pipe.scheduler)
         check_scheduler(pipe.scheduler)
         frames = int(num_frames if num_frames is not None else _call_default(type(pipe), "num_frames"))
-        step = pipe.vae_scale_factor_temporal
-        if frames < 1 or (frames - 1) % step:
-            below = max(1, (frames - 1) // step * step + 1)
-            raise ValueError(f"model.num_frames={frames}: Wan's VAE takes 1 + {step}·n frames; use {below} or "
-                             f"{below + step} (1: an image)")
+        check_frames(frames, pipe.vae_scale_factor_temporal)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
@@ -114,6 +110,15 @@ class WanBackend(Backend):
         self._default_size = tuple(int(side) for side in default_size) if default_size else None
         tau0 = float(scheduler_timesteps(pipe.scheduler, 2)[0])
         self.shift = FlowShift.from_scheduler(pipe.scheduler, torch.float64, ceiling=tau0)
+
+    @classmethod
+    def check_options(cls, source: str, options: dict) -> None:
+        """``model.num_frames`` against the VAE's temporal factor, from its config, before the weights load."""
+        if options.get("num_frames") is not None:
+            from diffusers import AutoencoderKLWan
+
+            vae = sources.from_pretrained(AutoencoderKLWan.load_config, source, subfolder="vae")
+            check_frames(int(options["num_frames"]), int(vae.get("scale_factor_temporal") or 4))
 
     @classmethod
     def load_pipeline(cls, source: str, **kwargs):
@@ -302,6 +307,14 @@ class WanBackend(Backend):
         inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
         video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
         return self.pipe.video_processor.postprocess_video(video, output_type="pil")
+
+
+def check_frames(frames: int, step: int) -> None:
+    """Wan's causal VAE takes 1 + step·n frames (step 4): the first frame alone, then step per latent frame."""
+    if frames < 1 or (frames - 1) % step:
+        below = max(1, (frames - 1) // step * step + 1)
+        raise ValueError(f"model.num_frames={frames}: Wan's VAE takes 1 + {step}·n frames; use {below} or "
+                         f"{below + step} (1: an image)")
 
 
 def resolve_items(tokenizer, prompt: str, items: list[str], mode: str, max_length: int) -> ItemTokens:
