@@ -13,7 +13,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[dev,cluster]"
+	$(BIN)/pip install -e ".[dev,cluster,video]"
 	touch $@
 
 # The main job on the embedded default: the shipped toy model on the shapes prompts (40 prompts

@@ -23,8 +23,10 @@ HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sam
 UNHASHED_SAMPLE_KEYS = ("batch_size",)
 # Keys added after run folders existed: left out of the hash while they hold these defaults, so the
 # folders of earlier runs keep their names (and resume).
-LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0}, "mask": {"blocks": None},
-                      "model": {"text_timestep": None, "skip_components": None}}
+LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0},
+                      "mask": {"blocks": None, "time": "frame"},
+                      "model": {"text_timestep": None, "skip_components": None, "num_frames": None,
+                                "default_size": None}}
 # The sampler's semantics, part of every run's identity (``sampler_semantics``); a folder sampled
 # under another one is refused, not resumed into. Each version says what changed the images:
 SEMANTICS_CHANGES = {

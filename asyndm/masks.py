@@ -18,10 +18,34 @@ def item_assignment(item_maps: torch.Tensor, item_k: torch.Tensor, threshold: fl
     to the item with the largest k (ties to the first item); the others drop it.
     """
     mean = item_maps.flatten(2).mean(dim=2)[..., None, None]
-    binary = (item_maps >= threshold * mean).to(item_k.dtype)
-    weighted = binary * item_k.view(1, -1, 1, 1)  # (B, n_items, g, g)
+    return prioritise(item_maps >= threshold * mean, item_k)
+
+
+def prioritise(binary: torch.Tensor, item_k: torch.Tensor) -> torch.Tensor:
+    """(B, n_items, ...) binary masks → (B, ...) item index per cell: where masks overlap, the item with
+    the largest k (ties to the first item); -1 where no mask covers the cell."""
+    shape = (1, -1) + (1,) * (binary.dim() - 2)
+    weighted = binary.to(item_k.dtype) * item_k.view(shape)
     best_value, best_item = weighted.max(dim=1)  # max returns the first maximal index on ties
     return torch.where(best_value > 0, best_item, torch.full_like(best_item, BACKGROUND))
+
+
+def frame_assignment(item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float, frames: int,
+                     union: bool = False) -> torch.Tensor:
+    """(B, n_items, F·h, w) maps on a video's token grid (frames stacked top to bottom) → (B, F·h, w).
+
+    Each frame's map is binarised at ``threshold`` × that frame's mean, so an item is found in every
+    frame whatever its size elsewhere; ``union``: an item's mask is the union of its frames' masks,
+    the same in every frame. Overlaps are then resolved by k as for images.
+    """
+    batch, items, rows, width = item_maps.shape
+    if rows % frames:
+        raise ValueError(f"a {rows}-row token grid is not {frames} frames high")
+    maps = item_maps.reshape(batch, items, frames, rows // frames, width)
+    binary = maps >= threshold * maps.mean(dim=(3, 4), keepdim=True)
+    if union:
+        binary = binary.any(dim=2, keepdim=True).expand_as(binary)
+    return prioritise(binary, item_k).reshape(batch, rows, width)
 
 
 def upsample_assignment(assignment: torch.Tensor, height: int, width: int) -> torch.Tensor:

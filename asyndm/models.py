@@ -45,14 +45,19 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
 
 
 # model.<key> settings a backend's constructor takes (absent from a family that has no such choice)
-BACKEND_OPTIONS = ("text_timestep",)
+BACKEND_OPTIONS = ("text_timestep", "num_frames", "default_size")
 
 
 def backend_options(model_cfg) -> dict:
     """The family settings the model config sets (``model.text_timestep``), and the components it skips."""
-    options = {key: model_cfg.get(key) for key in BACKEND_OPTIONS if model_cfg.get(key) is not None}
+    options = {key: _plain(model_cfg.get(key)) for key in BACKEND_OPTIONS if model_cfg.get(key) is not None}
     skip = model_cfg.get("skip_components")
     return {**options, "skip_components": tuple(skip)} if skip else options
+
+
+def _plain(value):
+    """A config list (``model.default_size``) as a tuple; other values as they are."""
+    return tuple(value) if hasattr(value, "__len__") and not isinstance(value, str) else value
 
 
 def load_backend(source: str, device: torch.device, dtype: torch.dtype, skip_components=(), **options):

@@ -40,3 +40,73 @@ def mask_overlay(image: Image.Image, assignment: np.ndarray, alpha: float = 0.45
         region = labels == item
         pixels[region] = (1 - alpha) * pixels[region] + alpha * colour
     return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------ videos
+
+VIDEO_FPS = 16  # Wan 2.1's frame rate (the rate its examples export at)
+
+
+def video_format() -> str:
+    """``mp4`` where an H.264 encoder is installed (imageio-ffmpeg, the ``video`` extra), else ``gif`` (Pillow)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return "gif"
+    return "mp4"
+
+
+def encode_video(frames: list[Image.Image], extension: str, fps: int = VIDEO_FPS) -> bytes:
+    """The frames as an MP4 (H.264, yuv420p: plays in browsers and wandb) or an endlessly looping GIF."""
+    if extension == "gif":
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
+                       loop=0)
+        return buffer.getvalue()
+    import tempfile
+
+    import imageio_ffmpeg
+
+    width, height = frames[0].size
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.mp4"
+        # macro_block_size 2: yuv420p needs even sides; the frames' own size is kept (multiples of 16 here)
+        writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                             pix_fmt_out="yuv420p", macro_block_size=2, quality=8,
+                                             ffmpeg_log_level="error")
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
+        writer.close()
+        return path.read_bytes()
+
+
+def save_video(path: Path, frames: list[Image.Image], fps: int = VIDEO_FPS) -> None:
+    atomic_write_bytes(path, encode_video(frames, Path(path).suffix.lstrip("."), fps))
+
+
+def key_frames(frames: list[Image.Image]) -> Image.Image:
+    """The first, middle and last frames side by side (a single frame: itself)."""
+    if len(frames) == 1:
+        return frames[0]
+    chosen = [frames[0], frames[(len(frames) - 1) // 2], frames[-1]]
+    width, height = chosen[0].size
+    strip = Image.new("RGB", (3 * width, height))
+    for position, frame in enumerate(chosen):
+        strip.paste(frame.convert("RGB"), (position * width, 0))
+    return strip
+
+
+def latent_frame(frame: int, frames: int, latent_frames: int) -> int:
+    """The latent frame a video frame decodes from, for a causal video VAE (Wan's): frame 0 alone, then
+    (frames - 1) / (latent_frames - 1) frames per latent frame."""
+    if frame == 0 or latent_frames == 1:
+        return 0
+    return 1 + (frame - 1) * (latent_frames - 1) // (frames - 1)
+
+
+def frame_overlays(frames: list[Image.Image], assignment: np.ndarray, latent_frames: int) -> list[Image.Image]:
+    """Each frame with its own latent frame's mask overlaid; ``assignment`` is the (F·h, w) item map of
+    the video's token grid, its ``latent_frames`` frames stacked top to bottom."""
+    per_frame = assignment.reshape(latent_frames, assignment.shape[0] // latent_frames, -1)
+    return [mask_overlay(frame, per_frame[latent_frame(i, len(frames), latent_frames)]) for i, frame in enumerate(frames)]

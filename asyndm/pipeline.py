@@ -52,10 +52,12 @@ class AsyncPipeline:
         cls, source: str, torch_dtype: torch.dtype | str = torch.float32, device: str | torch.device = "auto",
         **options,
     ) -> "AsyncPipeline":
-        """A diffusers folder, a hub id, or a built-in name (``"tiny"``, ``"toy"``, ``"tiny_sd3"``, ``"tiny_flux"``).
+        """A diffusers folder, a hub id, or a built-in name (``"tiny"``, ``"toy"``, ``"tiny_sd3"``, ``"tiny_flux"``,
+        ``"tiny_wan"``).
 
         ``options``: ``skip_components`` (e.g. SD3's ``["text_encoder_3", "tokenizer_3"]``) and family
-        settings (``text_timestep`` for SD3 and Flux), as the ``model.*`` config keys.
+        settings (``text_timestep`` for SD3 and Flux; ``num_frames`` and ``default_size`` for Wan), as the
+        ``model.*`` config keys. A Wan model's ``images`` are videos: one list of PIL frames each.
         """
         resolved = _built_in(source) or check_source(str(source))
         device = device if isinstance(device, torch.device) else resolve_device(str(device))
@@ -126,6 +128,7 @@ class AsyncPipeline:
         mask_threshold: float = 1.0,
         mask_resolution: int | None = None,
         mask_blocks: Sequence[int] | None = None,
+        mask_time: str = "frame",
         height: int | None = None,
         width: int | None = None,
         true_cfg_scale: float = 1.0,
@@ -141,6 +144,7 @@ class AsyncPipeline:
 
         ``mask``: ``"dynamic"`` (recomputed after every call), ``"static"`` (from the dm pass), or a
         (num_images, h, w) tensor of item indices (-1 background) that fixes asyndm's masks.
+        ``mask_time``: videos (Wan): an item's mask per frame (``"frame"``) or the union over its frames.
         ``variant_options``: the baselines' options by variant, e.g. ``{"cfgpp": {"scale": 0.4}}``
         (unset ones keep their defaults, asyndm/baselines/).
         """
@@ -155,7 +159,8 @@ class AsyncPipeline:
             steps=num_inference_steps, eta=eta, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
             curve=curve, curve_semantics=curve_semantics, mask_mode="dynamic" if given is not None else mask,
             mask_threshold=mask_threshold, mask_resolution=mask_resolution,
-            mask_blocks=tuple(mask_blocks) if mask_blocks is not None else None, height=height, width=width,
+            mask_blocks=tuple(mask_blocks) if mask_blocks is not None else None, mask_time=mask_time,
+            height=height, width=width,
             true_cfg_scale=true_cfg_scale, variant_options=variant_options or {}, show_progress=show_progress,
         )
         seeds = [seed + j for j in range(num_images)]

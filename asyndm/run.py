@@ -28,7 +28,7 @@ from .history import invocation
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
 from .oracle import load_oracle
-from .outputs import mask_overlay, save_array, save_image
+from .outputs import frame_overlays, key_frames, mask_overlay, save_array, save_image, save_video, video_format
 from .pipeline import AsyncPipeline
 from .plan import (
     ImageJob,
@@ -44,13 +44,16 @@ from .resume import check_resumable
 from .run_folder import (
     TIMESTEP_COLUMNS,
     atomic_write_bytes,
+    frame_file,
     image_file,
     latent_file,
     manifest_name,
     mask_file,
+    mask_video_file,
     read_table,
     recorded_files,
     timesteps_name,
+    video_file,
     write_table,
 )
 from .sampler import SamplingSettings
@@ -91,6 +94,10 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
             below, above = max(step, value // step * step), (value // step + 1) * step
             raise ConfigError(f"sample.{side}={value}: this model needs a multiple of {step} pixels (its VAE, and "
                               f"the grids its timesteps and masks live on); use {below} or {above}")
+    try:  # the family's own settings (model.num_frames ...), from the configs
+        backend_cls.check_options(source, backend_options(cfg.model))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     token_mode = item_token_mode(cfg)
     resolution = cfg.mask.resolution
     if resolution is not None:
@@ -175,13 +182,35 @@ def sample_batch(pipe: AsyncPipeline, batch: list[ImageJob], variants: list[str]
             if save_cfg.latents:
                 written.append(latent_file(job.image_idx, variant))
                 save_array(run_dir / written[-1], out.latents[position].float().cpu().numpy())
-            if save_cfg.masks and has_masks(variant):
+            if isinstance(image, list):  # a video model's frames (one frame: an image)
+                image = save_frames(run_dir, job.image_idx, variant, image, out, position, save_cfg)
+                if save_cfg.masks and has_masks(variant):
+                    written.append(mask_file(job.image_idx, variant))  # the key frames' overlay, by save_frames
+            elif save_cfg.masks and has_masks(variant):
                 assignment = out.masks[position].cpu().numpy().astype(np.int64)
                 written.append(mask_file(job.image_idx, variant))
                 save_image(run_dir / written[-1], mask_overlay(image, assignment))
             written.append(image_file(job.image_idx, variant))
             save_image(run_dir / written[-1], image)  # last: the image marks it done
     return written, pd.DataFrame(rows, columns=TIMESTEP_COLUMNS)
+
+
+def save_frames(run_dir: Path, image_idx: int, variant: str, frames: list, out, position: int, save_cfg):
+    """A video's frames, its video and its mask (a mask video beside the key frames' overlays); returns what
+    the image file holds: the first, middle and last frames side by side (a single frame: itself)."""
+    video = len(frames) > 1
+    extension = video_format()
+    if video:
+        for index, frame in enumerate(frames):
+            save_image(run_dir / frame_file(image_idx, variant, index), frame)
+        save_video(run_dir / video_file(image_idx, variant, extension), frames)
+    if save_cfg.masks and has_masks(variant):
+        assignment = out.masks[position].cpu().numpy().astype(np.int64)
+        overlays = frame_overlays(frames, assignment, out.latents.shape[2])  # latents (B, C, F, h, w)
+        if video:
+            save_video(run_dir / mask_video_file(image_idx, variant, extension), overlays)
+        save_image(run_dir / mask_file(image_idx, variant), key_frames(overlays))
+    return key_frames(frames)
 
 
 # --- timesteps.csv: per image, variant and step, the mean timestep of item and background pixels

@@ -55,6 +55,44 @@ def mask_file(image_idx: int, variant: str = "asyndm") -> str:
     return f"masks/{image_idx:05}_{variant}.png"
 
 
+# Videos (model.num_frames > 1): the image file above holds the first, middle and last frames side by
+# side (what reports and image metrics see); every frame, the video and the mask video sit beside it.
+VIDEO_FORMATS = ("mp4", "gif")  # mp4 where an encoder is installed (the ``video`` extra), else gif
+
+
+def frame_file(image_idx: int, variant: str, frame: int) -> str:
+    return f"frames/{image_idx:05}_{variant}/{frame:03}.png"
+
+
+def video_file(image_idx: int, variant: str, extension: str) -> str:
+    return f"videos/{image_idx:05}_{variant}.{extension}"
+
+
+def mask_video_file(image_idx: int, variant: str, extension: str) -> str:
+    return f"masks/{image_idx:05}_{variant}.{extension}"
+
+
+def frame_files(run_dir: Path, image: str) -> list[Path]:
+    """The frames of the video whose image file is ``image`` (a path in the run folder), in order; an
+    image of a run without videos is its own single frame."""
+    stem = Path(image).stem
+    folder = Path(run_dir) / "frames" / stem
+    frames = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    return frames or [Path(run_dir) / image]
+
+
+def video_companions(run_dir: Path, image_idx: int, variant: str) -> list[str]:
+    """The frames, video and mask video beside an image file in ``run_dir`` (none for image models),
+    as paths in the run folder: what a merge copies with the image."""
+    run_dir = Path(run_dir)
+    stem = f"{image_idx:05}_{variant}"
+    found = [f"frames/{stem}/{p.name}" for p in sorted((run_dir / "frames" / stem).glob("*.png"))]
+    for extension in VIDEO_FORMATS:
+        found += [name for name in (video_file(image_idx, variant, extension), mask_video_file(image_idx, variant, extension))
+                  if (run_dir / name).is_file()]
+    return found
+
+
 def shard_suffix(index: int, count: int) -> str:
     """'' for an unsharded run, else '.shard-{index}-of-{count}' (for manifest and status files)."""
     return "" if count == 1 else f".shard-{index}-of-{count}"

@@ -25,7 +25,6 @@ from .conditioning import PromptConditioning
 from .callbacks import MeanItemMaps, ProgressBar, StepInfo
 from .curves import Curves
 from .guidance import GuidanceRule, StepContext
-from .masks import masks_from_attention
 from .settings import MASK_MODES, SampleSettings
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule
 from .variants import VARIANTS, get_variant, oracle_variants
@@ -46,6 +45,7 @@ class SamplingSettings(SampleSettings):
     mask_threshold: float = 1.0
     mask_resolution: int | None = None  # side of the attention grid; None = the backend's default
     mask_blocks: tuple[int, ...] | None = None  # transformer blocks the masks read; None = the backend's default
+    mask_time: str = "frame"  # videos: an item's mask per frame, or the union over frames ("union")
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
 
@@ -148,8 +148,8 @@ class AsyncSampler:
             return CurveSchedule(curves, timeline, map_shape, backend.device, item_k,
                                  assignment=masks.to(backend.device))
         k_items = torch.tensor(item_k, dtype=torch.float32, device=backend.device)  # once, not per step
-        update = partial(masks_from_attention, item_k=k_items, threshold=s.mask_threshold, grid=attention.grid,
-                         latent=map_shape[1:])
+        update = partial(backend.item_masks, item_k=k_items, threshold=s.mask_threshold, grid=attention.grid,
+                         latent=map_shape[1:], time=s.mask_time)
         initial = torch.full(map_shape, tokens.last_item, dtype=torch.long, device=backend.device)
         return CurveSchedule(curves, timeline, map_shape, backend.device, item_k, assignment=initial,
                              update_masks=update)
@@ -186,7 +186,8 @@ class AsyncSampler:
     def static_masks(self, mean_maps: MeanItemMaps, item_k: list[float], latents_hw: tuple[int, int]) -> torch.Tensor:
         """§6 static masks: the dm pass's maps averaged over all steps, binarised, prioritised, upsampled."""
         k_items = torch.tensor(item_k, dtype=torch.float32, device=self.backend.device)
-        return masks_from_attention(mean_maps.mean(), k_items, self.settings.mask_threshold, mean_maps.grid, latents_hw)
+        return self.backend.item_masks(mean_maps.mean(), k_items, self.settings.mask_threshold, mean_maps.grid,
+                                       latents_hw, self.settings.mask_time)
 
     def sample(
         self,

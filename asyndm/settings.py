@@ -29,6 +29,7 @@ from .variants import VARIANTS
 CURVES = ("bin", "lin", "exp")  # METHOD.md §3
 CURVE_SEMANTICS = ("reference", "refit")  # the release's float32 curves, or smoother float64 ones
 MASK_MODES = ("dynamic", "static")  # §6
+MASK_TIMES = ("frame", "union")  # videos: an item's mask per frame, or the union over its frames
 PRECISIONS = ("fp32", "fp16", "bf16")
 TEXT_TIMESTEPS = ("linear", "min", "mean", "max")  # SD3/Flux: the text stream's timestep per sample (§9)
 ITEM_TOKENS = ("word", "legacy")
@@ -91,6 +92,9 @@ class MaskSettings:
     blocks: Optional[List[int]] = check(
         lambda v: v is None or (len(v) > 0 and all(isinstance(b, int) and b >= 0 for b in v)),
         "a list of block indices (0 = the first transformer block) or null", None)
+    # videos (Wan): an item's mask per frame (frame) or the union over its frames (union)
+    time: str = choice(MASK_TIMES, "frame", "choose frame or union (videos: an item's mask per frame, or the union "
+                                            "over its frames)")
 
 
 @dataclass(frozen=True)
@@ -109,12 +113,18 @@ class ModelSettings:
     model the project builds itself (``builder``); the family is read from its ``model_index.json``."""
 
     name: str = MISSING  # names the run folder
-    builder: Optional[str] = None  # tiny, tiny_sdxl, tiny_sd3, tiny_flux, toy, toy_context
+    builder: Optional[str] = None  # tiny, tiny_sdxl, tiny_sd3, tiny_flux, tiny_wan, toy, toy_context
     path: Optional[str] = None
     # SD3/Flux: the text stream's timestep per sample: linear (τ_i, the scheduler's own, as dm) | min | mean | max
     text_timestep: Optional[str] = choice(TEXT_TIMESTEPS, None)
     # pipeline components loaded as None (SD3 without T5: [text_encoder_3,tokenizer_3])
     skip_components: Optional[List[str]] = None
+    # Wan: frames per video (1 + 4n; 1: an image); null: the pipeline's default (81)
+    num_frames: Optional[int] = check(lambda v: v is None or v >= 1,
+                                      "a positive number of frames (1: an image), or null for the model's default", None)
+    # Wan: [height, width] when sample.height / sample.width are unset; null: the pipeline's default (480×832)
+    default_size: Optional[List[int]] = check(lambda v: v is None or (len(v) == 2 and all(x > 0 for x in v)),
+                                              "[height, width] in pixels, or null for the pipeline's default", None)
     sampling: ModelSampling = field(default_factory=ModelSampling)
 
 

@@ -32,7 +32,7 @@ from evaluation.pipeline import run_after_sampling
 from . import config as config_mod
 from .errors import AsyndmError, exit_status, take_debug_flag
 from .plan import files_for, load_run_prompts, manifest_rows, plan_batches
-from .run_folder import atomic_write_bytes, read_table, recorded_files, verified, write_table
+from .run_folder import atomic_write_bytes, image_file, read_table, recorded_files, verified, video_companions, write_table
 from .sweep import write_status
 from .variants import ordered
 
@@ -125,6 +125,9 @@ def merge_shards(out_dir: Path, shard_dirs: Sequence[Path] = (), evaluate: bool 
                         missing.append(name)
                     else:
                         _copy(src, out_dir / name)
+                folder = next((d for d in shard_dirs if (d / image_file(job.image_idx, variant)).is_file()), None)
+                for name in video_companions(folder, job.image_idx, variant) if folder is not None else ():
+                    _copy(folder / name, out_dir / name)  # a video's frames and videos beside its image
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise MergeError(f"{len(missing)} files of the run are in no shard folder, or damaged there "

@@ -26,6 +26,7 @@ BUILT_IN_MODELS = {
     "tiny_sdxl": ("asyndm.offline.sdxl:build_tiny_sdxl_pipeline", "StableDiffusionXLPipeline"),
     "tiny_sd3": ("asyndm.offline.sd3:build_tiny_sd3", "StableDiffusion3Pipeline"),
     "tiny_flux": ("asyndm.offline.flux:build_tiny_flux", "FluxPipeline"),
+    "tiny_wan": ("asyndm.offline.wan:build_tiny_wan", "WanPipeline"),
 }
 
 # Pipelines that share a supported family's checkpoints but not its task.

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from asyndm.errors import debugging, take_debug_flag  # noqa: E402
-from asyndm.run_folder import atomic_write_text  # noqa: E402
+from asyndm.run_folder import VIDEO_FORMATS, atomic_write_text, mask_video_file, video_file  # noqa: E402
 from asyndm.sweep import SUMMARY_FILE, is_sweep_folder, write_sweep_summary  # noqa: E402
 from evaluation.io import grid_columns, mask_files, read_manifest, read_results  # noqa: E402
 from evaluation.summary import (ALL, PAIRED_BOOTSTRAP, T, WILSON, format_interval, read_summary,  # noqa: E402
@@ -47,6 +47,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#1b1b1b}
 h1{font-size:1.5em} h2{margin-top:1.6em;border-bottom:1px solid #ccc}
+table.videos video,table.videos img{width:200px} table.videos th{font-size:12px;font-weight:normal;max-width:140px}
 table.metric{border-collapse:collapse;margin:.4em 0 1.4em;font-size:14px}
 table.metric caption{text-align:left;font-weight:600;padding:.3em 0}
 table.metric th{background:#dde6f0;padding:4px 10px;text-align:left;border-bottom:2px solid #8fa5bd}
@@ -291,10 +292,12 @@ def plot_paired(summaries: dict[str, pd.DataFrame], path: Path) -> Path | None:
 
 
 def primary_metric(results: pd.DataFrame) -> str:
-    """The metric shown under grid images: an exact score where there is one, else the first."""
+    """The metric shown under grid images: an exact score where there is one, then a video's mean
+    alignment over its frames (not its consistency), else the first."""
     metrics = sorted(results["metric"].unique())
     exact = [m for m in metrics if m.endswith("/exact")]
-    return (exact or metrics)[0]
+    frames = [m for m in metrics if m.endswith("/frame_mean")]
+    return (exact or frames or metrics)[0]
 
 
 def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame | None = None) -> Path:
@@ -340,6 +343,37 @@ def plot_grid(run_dir: Path, path: Path, pairs: int = 4, results: pd.DataFrame |
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _video(path: Path, page_folder: Path) -> str:
+    """A looping video (MP4) or animation (GIF) linked from the report page, not embedded."""
+    src = html.escape(Path(path).resolve().relative_to(page_folder.resolve()).as_posix())
+    if path.suffix == ".gif":
+        return f'<img src="{src}" alt="{src}">'
+    return f'<video src="{src}" autoplay loop muted playsinline controls></video>'
+
+
+def video_table(run: Path, page_folder: Path, pairs: int = 4) -> str:
+    """The first ``pairs`` videos of every variant side by side (and asyndm's mask video), playing from
+    the run folder's videos/ and masks/; '' for a run without videos. The grid above shows their key frames."""
+    if not (run / "videos").is_dir():
+        return ""
+    manifest = read_manifest(run)
+    variants = order_variants(manifest["variant"].unique())
+    rows = []
+    for idx in list(dict.fromkeys(manifest["image_idx"]))[:pairs]:
+        cells = []
+        for variant in variants:
+            found = [run / video_file(idx, variant, e) for e in VIDEO_FORMATS if (run / video_file(idx, variant, e)).is_file()]
+            cells.append(f"<td>{_video(found[0], page_folder) if found else ''}</td>")
+        masks = [run / mask_video_file(idx, v, e) for v in variants for e in VIDEO_FORMATS
+                 if (run / mask_video_file(idx, v, e)).is_file()]
+        cells.append(f"<td>{_video(masks[0], page_folder) if masks else ''}</td>")
+        prompt = manifest.loc[manifest["image_idx"] == idx, "prompt"].iloc[0]
+        rows.append(f"<tr><th>{html.escape(str(prompt))}<br>#{idx}</th>{''.join(cells)}</tr>")
+    header = "".join(f"<th>{html.escape(v)}</th>" for v in variants) + "<th>mask</th>"
+    return ("<h3>Videos</h3><p class='note'>Played from the run folder (videos/, masks/); open the report "
+            "from there.</p><table class='videos'><tr><th></th>" + header + "</tr>" + "".join(rows) + "</table>")
 
 
 METHODS_NOTE = ("<p class='note'>Intervals are 95%. Continuous metrics: Student t for the mean and for "
@@ -400,6 +434,7 @@ def build_report(folder: Path, pairs: int = 4, categories: bool = False) -> Path
         results = read_results(run) if (run / "results.csv").is_file() else None
         grid = plot_grid(run, out / (f"grid_{i:02}.png" if len(runs) > 1 else "grid.png"), pairs=pairs, results=results)
         parts.append(_img(grid, f"image grid of {label}"))
+        parts.append(video_table(run, folder, pairs))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>asyndm report</title>"
             f"<style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
     path = folder / "report.html"

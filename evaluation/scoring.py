@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from asyndm.run_folder import RESULT_COLUMNS, atomic_write_json, write_table
+from asyndm.run_folder import RESULT_COLUMNS, atomic_write_json, frame_files, write_table
 from evaluation import registry
 from evaluation.io import read_manifest, verified_results
 
@@ -122,7 +122,10 @@ def score_run(run_dir: Path, eval_cfg: dict[str, dict], chunk_size: int | None =
         bar = tqdm(total=len(todo), desc=f"eval.{name}", unit="image", disable=not show_progress(progress))
         for start in range(0, len(todo), step):
             rows = todo.iloc[start:start + step]
-            images = [load_image(run_dir / f) for f in rows["file"]]
+            if getattr(evaluator, "reads_frames", False):  # video metrics: every frame of each video
+                images = [[load_image(path) for path in frame_files(run_dir, f)] for f in rows["file"]]
+            else:
+                images = [load_image(run_dir / f) for f in rows["file"]]
             scores = evaluator.score(images, rows["prompt"].tolist())
             if sorted(scores) != sorted(metrics):
                 raise RuntimeError(f"evaluator eval.{name} returned metrics {sorted(scores)} but declares "

@@ -12,6 +12,8 @@ object for scripts.
     python scripts/benchmark.py --model sdxl-shaped --device cuda --precision fp16 --batch-size 4
     python scripts/benchmark.py --model sd35m-shaped --device cuda --precision bf16 --batch-size 4 --steps 28
     python scripts/benchmark.py --model flux-shaped --device cuda --precision bf16 --batch-size 1 --steps 28
+    python scripts/benchmark.py --model tiny_wan --device cpu --resolution 64 --frames 9 --batch-size 2
+    python scripts/benchmark.py --model wan-shaped --device cuda --precision bf16 --batch-size 1 --steps 10 --frames 21
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
 from asyndm.offline.flux import flux_dev_shaped_pipeline  # noqa: E402
 from asyndm.offline.sd3 import sd35_medium_shaped_pipeline  # noqa: E402
 from asyndm.offline.sdxl import sdxl_shaped_pipeline  # noqa: E402
+from asyndm.offline.wan import wan21_1_3b_shaped_pipeline  # noqa: E402
 from asyndm.prompts import PromptSpec  # noqa: E402
 from asyndm.sampler import AsyncSampler, SamplingSettings  # noqa: E402
 from asyndm.variants import get_variant  # noqa: E402
@@ -82,12 +85,14 @@ def _rss() -> int:
 
 # Real architectures with random weights, built in memory (no download): name → pipeline builder.
 SHAPED = {"sd21-shaped": sd21_shaped_pipeline, "sdxl-shaped": sdxl_shaped_pipeline,
-          "sd35m-shaped": sd35_medium_shaped_pipeline, "flux-shaped": flux_dev_shaped_pipeline}
+          "sd35m-shaped": sd35_medium_shaped_pipeline, "flux-shaped": flux_dev_shaped_pipeline,
+          "wan-shaped": wan21_1_3b_shaped_pipeline}
 BUILT_IN = built_in_names()  # tiny, tiny_sdxl, tiny_sd3, tiny_flux (built offline), toy (shipped)
 
 
-def build_backend(model: str, device, dtype):
-    """A built-in model, a ``*-shaped`` architecture in memory, or a folder / hub id."""
+def build_backend(model: str, device, dtype, **options):
+    """A built-in model, a ``*-shaped`` architecture in memory, or a folder / hub id. ``options``: the
+    family's settings (Wan's ``num_frames``)."""
     if model in SHAPED:
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # built in the run's precision: no fp32 copy (SDXL's is 14 GB)
@@ -96,9 +101,9 @@ def build_backend(model: str, device, dtype):
                 pipe = SHAPED[model]()
         finally:
             torch.set_default_dtype(previous)
-        return backend_for_pipeline(type(pipe).__name__)(pipe, device, dtype)
+        return backend_for_pipeline(type(pipe).__name__)(pipe, device, dtype, **options)
     source = built_in_source(model) if model in BUILT_IN else check_source(model)
-    return load_backend(source, device, dtype)
+    return load_backend(source, device, dtype, **options)
 
 
 def main(argv=None) -> dict:
@@ -110,6 +115,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
+    parser.add_argument("--frames", type=int, default=None, help="video models: frames per video (default: the model's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of dm and asyndm")
@@ -124,26 +130,31 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.precision)
-    backend = build_backend(args.model, device, dtype)
+    backend = build_backend(args.model, device, dtype, **({"num_frames": args.frames} if args.frames else {}))
     if args.channels_last:  # shared modules: every method runs in this format
         for name in ("unet", "transformer", "vae"):
             module = getattr(backend.pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
     height, width = (args.resolution, args.resolution) if args.resolution else backend.default_size
+    frames = f" frames={backend.num_frames}" if hasattr(backend, "num_frames") else ""
     settings = SamplingSettings(steps=args.steps, eta=1.0, guidance_scale=5.0, height=height, width=width)
     sampler = AsyncSampler(backend, settings)
     tokens = backend.item_tokens(PROMPT.prompt, PROMPT.items, None, "word")
     seeds = list(range(1234, 1234 + args.batch_size))
-    # the pipeline's own call, with eta where its scheduler takes one (DDIM)
-    eta = {"eta": settings.eta} if "eta" in inspect.signature(backend.pipe.__call__).parameters else {}
+    # the pipeline's own call, with eta where its scheduler takes one (DDIM); a video pipeline's frames as PIL
+    call = inspect.signature(backend.pipe.__call__).parameters
+    eta = {"eta": settings.eta} if "eta" in call else {}
+    video = {"num_frames": backend.num_frames, "output_type": "pil"} if "num_frames" in call else {}
+    per_prompt = "num_videos_per_prompt" if "num_videos_per_prompt" in call else "num_images_per_prompt"
 
     def vanilla():
         generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-        return backend.pipe(
-            PROMPT.prompt, height=height, width=width, num_images_per_prompt=len(seeds), generator=generators,
-            guidance_scale=settings.guidance_scale, num_inference_steps=settings.steps, **eta,
-        ).images
+        out = backend.pipe(
+            PROMPT.prompt, height=height, width=width, generator=generators, guidance_scale=settings.guidance_scale,
+            num_inference_steps=settings.steps, **{per_prompt: len(seeds)}, **eta, **video,
+        )
+        return out.frames if video else out.images
 
     def ours(variant):
         def run():
@@ -174,7 +185,7 @@ def main(argv=None) -> dict:
 
     median = {m: statistics.median(times[m]) for m in methods}
     print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
-          f"steps={args.steps} batch={args.batch_size} image={height}x{width} threads={args.threads} "
+          f"steps={args.steps} batch={args.batch_size} image={height}x{width}{frames} threads={args.threads} "
           f"channels_last={args.channels_last} "
           f"torch={torch.__version__}")
     width = max(12, *(len(m) + 2 for m in methods))
@@ -190,6 +201,7 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "resolution": height,
+        **({"frames": backend.num_frames} if frames else {}),
         "channels_last": args.channels_last,
         "variants": variants,
         **{f"{m}_s_per_image": round(median[m], 5) for m in methods},

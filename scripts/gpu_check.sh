@@ -33,10 +33,12 @@ part tiny_fp16 "${bench[@]}" --model tiny --precision fp16 --batch-size 4 --step
 part sd21_fp16_channels_last "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 \
     --repeats 2 --channels-last
 # SD3.5 and FLUX.1 (docs/mmdit.md)
-part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py -p no:cacheprovider -rA
+part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py tests/test_wan.py -p no:cacheprovider -rA
 part sd35m_bf16 "${bench[@]}" --model sd35m-shaped --precision bf16 --batch-size 4 --steps 28 --repeats 3 --profile
 part flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1 --steps 28 --repeats 3 --profile
 cost=("$py" scripts/call_cost.py --device cuda --precision bf16 --resolution 1024 --rounds 5)
 part sd35m_call_cost "${cost[@]}" --model sd35m-shaped --batch-size 4
 part flux_call_cost "${cost[@]}" --model flux-shaped --batch-size 1
+# Wan 2.1 T2V 1.3B (docs/video.md): 480x832, 21 frames (6 latent frames, 9360 tokens), bf16
+part wan_bf16 "${bench[@]}" --model wan-shaped --precision bf16 --batch-size 1 --steps 10 --frames 21 --repeats 2
 exit $status

@@ -36,8 +36,8 @@ def test_shaped_models_include_sdxl():
     spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    assert {"sd21-shaped", "sdxl-shaped", "sd35m-shaped", "flux-shaped"} <= set(benchmark.SHAPED)
-    assert {"tiny_sdxl", "tiny_sd3", "tiny_flux", "toy"} <= set(benchmark.BUILT_IN)
+    assert {"sd21-shaped", "sdxl-shaped", "sd35m-shaped", "flux-shaped", "wan-shaped"} <= set(benchmark.SHAPED)
+    assert {"tiny_sdxl", "tiny_sd3", "tiny_flux", "tiny_wan", "toy"} <= set(benchmark.BUILT_IN)
 
 
 def test_benchmark_runs_the_mmdit_families(capsys):
@@ -78,3 +78,26 @@ def test_call_cost_splits_a_step_into_the_per_token_path_and_the_capture(capsys,
                                   "--resolution", side])
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
         assert all(summary[f"{kind}_ms"] > 0 for kind in ("plain", "per_cell", "per_cell_and_capture"))
+
+
+def test_benchmark_runs_wan_videos_beside_the_wan_pipeline(capsys):
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    summary = benchmark.main(["--model", "tiny_wan", "--device", "cpu", "--steps", "2", "--batch-size", "1",
+                              "--repeats", "1", "--resolution", "64", "--frames", "5"])
+    assert summary["model"] == "tiny_wan" and summary["frames"] == 5
+    assert summary["asyndm_s_per_image"] > 0 and summary["vanilla_s_per_image"] > 0
+
+
+def test_the_shaped_wan_architecture_builds():
+    """--model wan-shaped: Wan 2.1 T2V 1.3B's transformer (on the meta device: no memory, no time)."""
+    import torch
+
+    from asyndm.offline.wan import wan21_1_3b_shaped_pipeline
+
+    with torch.device("meta"):
+        wan = wan21_1_3b_shaped_pipeline()
+    billions = sum(p.numel() for p in wan.transformer.parameters()) / 1e9
+    assert 1.3 < billions < 1.5 and len(wan.transformer.blocks) == 30
+    assert (wan.vae_scale_factor_temporal, wan.vae_scale_factor_spatial) == (4, 8)

@@ -21,6 +21,7 @@ import torch
 from .. import sources
 from ..conditioning import PromptConditioning, TextConditioning
 from ..guidance import ClassifierFreeGuidance, Prediction
+from ..masks import masks_from_attention
 from ..timeline import Timeline
 from ..tokens import item_token_positions
 
@@ -130,6 +131,11 @@ class Backend(ABC):
         return None
 
     @classmethod
+    def check_options(cls, source: str, options: dict) -> None:
+        """Refuse, from the configs alone (no weights), family settings (``model.*``, as ``load_backend``
+        passes them) that the model cannot take, in one line naming the key and the fix. Default: none."""
+
+    @classmethod
     def mask_resolutions(cls, source: str, height: int | None, width: int | None) -> list[int] | None:
         """The grid sides a mask can be read at for that image size, from the configs alone (no
         weights), so ``mask.resolution`` is checked before loading; None where not known cheaply."""
@@ -195,6 +201,12 @@ class Backend(ABC):
         ``blocks``: the transformer blocks whose attention makes the masks (``mask.blocks``; None: the
         family's default). UNet families, whose layers are chosen by ``resolution``, refuse it.
         """
+
+    def item_masks(self, item_maps: torch.Tensor, item_k: torch.Tensor, threshold: float, grid: tuple[int, int],
+                   latent: tuple[int, int], time: str = "frame") -> torch.Tensor:
+        """(B, n_items, cells) item maps → (B, *latent) item per cell, -1 background (§6). ``time``
+        (``mask.time``): per frame or the union over frames, for families whose grid holds frames."""
+        return masks_from_attention(item_maps, item_k, threshold, grid, latent)
 
     @abstractmethod
     def step(
