@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import AsyndmError
+
 
 class SharedGenerator(list):
     """One generator for every image of a batch: its noise is drawn from it at once, as diffusers does."""
@@ -39,9 +41,9 @@ class GeneratorStates:
         gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
         for g in gens:
             if not isinstance(g, torch.Generator):
-                raise TypeError(f"generator={g!r}: pass a torch.Generator or a list of them, one per image")
+                raise AsyndmError(f"generator={g!r}: pass a torch.Generator or a list of them, one per image")
         if len(gens) != 1 and len(gens) != count:
-            raise ValueError(f"generator: a list of {len(gens)} generators for {count} images; pass one per image "
+            raise AsyndmError(f"generator: a list of {len(gens)} generators for {count} images; pass one per image "
                              f"(prompts × num_images_per_prompt), or a single one")
         return cls(tuple(g.device for g in gens), tuple(g.get_state() for g in gens), count,
                    shared=len(gens) == 1 and count > 1)

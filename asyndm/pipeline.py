@@ -27,7 +27,7 @@ from .call_checks import check_call, python_error
 from .callbacks import StepInfo
 from .errors import AsyndmError, ModelError, PromptError
 from .generators import GeneratorStates
-from .models import DTYPES, load_backend, resolve_device, resolve_dtype
+from .models import DTYPES, load_backend, pipeline_dtype, resolve_device, resolve_dtype
 from .oracle import OracleFunction, load_oracle
 from .oracle import oracle_masks as read_oracle_masks
 from .presets import sampling_defaults
@@ -152,7 +152,8 @@ class AsyncPipeline:
         device = torch.device(device) if device is not None else pipeline._execution_device
         dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else model.dtype
         scheduler = pipeline.scheduler
-        own = type(pipeline).from_pipe(pipeline, scheduler=type(scheduler).from_config(scheduler.config))
+        own = type(pipeline).from_pipe(pipeline, scheduler=type(scheduler).from_config(scheduler.config),
+                                       **pipeline_dtype(model.dtype))  # from_pipe casts to float32 unless told
         try:
             backend = backend_cls(own, device, dtype, **options)
         except AsyndmError as err:
@@ -301,7 +302,6 @@ class AsyncPipeline:
             raise PromptError("prompt: give a prompt, or a list of prompts")
         names, paired = self._variants(variants, variant)
         per_prompt = _images_per_prompt(num_images_per_prompt, num_images)
-        specs = self._specs(prompts, items, k, legacy_item_idx, names)
         negatives = _per_prompt(negative_prompt, len(prompts), "negative_prompt")
         steps = self.defaults["steps"] if num_inference_steps is None else num_inference_steps
         scale = self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
@@ -315,6 +315,7 @@ class AsyncPipeline:
                    k=None, steps=steps, guidance_scale=scale, eta=eta, negative_prompt=negatives[0], images=per_prompt,
                    height=height, width=width, true_cfg_scale=true_cfg_scale, item_tokens=item_tokens,
                    oracle_masks=oracle_masks, precision=_precision(self.dtype))
+        specs = self._specs(prompts, items, k, legacy_item_idx, names)
         if output_type not in OUTPUT_TYPES:
             raise AsyndmError(f"output_type={output_type!r}: choose one of {', '.join(map(repr, OUTPUT_TYPES))}")
         self._check_size(height, width)

@@ -94,7 +94,8 @@ def place(pipe, device: torch.device, dtype: torch.dtype, model) -> None:
             raise ValueError(f"torch_dtype={dtype}: this pipeline is offloaded in {model.dtype}; load it in "
                              f"{dtype} before enabling offloading, or pass torch_dtype={model.dtype}")
         return
-    pipe.to(device)
+    if model.device != device:
+        pipe.to(device)
     if model.dtype != dtype:
         pipe.to(dtype=dtype)
 
