@@ -148,7 +148,8 @@ class AsyncPipeline:
             backend_cls = backend_for_pipeline(name)
         except ModelError as err:
             raise ModelError(f"from_pipe({name}): {str(err).split(': ', 1)[-1]}") from None
-        model = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+        model = getattr(pipeline, "unet", None)
+        model = getattr(pipeline, "transformer", None) if model is None else model  # the denoiser: its dtype
         device = torch.device(device) if device is not None else pipeline._execution_device
         dtype = resolve_dtype(torch_dtype) if torch_dtype is not None else model.dtype
         scheduler = pipeline.scheduler
