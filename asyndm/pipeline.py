@@ -319,7 +319,7 @@ class AsyncPipeline:
         specs = self._specs(prompts, items, k, legacy_item_idx, names)
         if output_type not in OUTPUT_TYPES:
             raise AsyndmError(f"output_type={output_type!r}: choose one of {', '.join(map(repr, OUTPUT_TYPES))}")
-        self._check_size(height, width)
+        self._check_model_settings(height, width, resolution)
         noise = None
         if generator is not None:
             noise = GeneratorStates.of(generator, len(prompts) * per_prompt)
@@ -402,14 +402,23 @@ class AsyncPipeline:
             specs.append(spec)
         return specs
 
-    def _check_size(self, height, width) -> None:
-        """Sizes the model cannot sample, before any model call (the CLI's check, from the loaded model)."""
-        step = self.backend.size_step(self.source) if self.source and _is_folder(self.source) else None
+    def _check_model_settings(self, height, width, resolution) -> None:
+        """What the CLI checks from the model's configs before loading (asyndm/run.py): image sizes the
+        model cannot sample, and a mask grid it has no attention layer on. Where the model came from a
+        folder; an in-memory pipeline is checked by its first model call."""
+        if not self.source or not _is_folder(self.source):
+            return
+        step = self.backend.size_step(self.source)
         for side, value in (("height", height), ("width", width)):
             if value is not None and step and isinstance(value, int) and value % step:
                 below, above = max(step, value // step * step), (value // step + 1) * step
                 raise AsyndmError(f"{side}={value}: this model needs a multiple of {step} pixels; use {below} or {above}")
-
+        if resolution is not None:
+            available = self.backend.mask_resolutions(self.source, height, width)
+            if available is not None and resolution not in available:
+                raise AsyndmError(f"mask_resolution={resolution}: this model has no attention layer on a "
+                                  f"{resolution}-sided grid at this image size; choose one of {available} "
+                                  f"(or None: latent side / 4)")
 
 def _images_per_prompt(num_images_per_prompt, num_images) -> int:
     if num_images_per_prompt is not None and num_images is not None and num_images_per_prompt != num_images:

@@ -148,6 +148,8 @@ def test_device_dtype_to_and_progress_bar(toy):
     (dict(variant="nope"), r"^unknown variant 'nope'"),
     (dict(variants=["dm"], variant_options={"cfgpp": {"nope": 1}}), r"^variant_options\['cfgpp'\]\['nope'\]"),
     (dict(variant="dm", output_type="latents"), r"^output_type='latents': choose one of"),
+    (dict(variant="dm", height=33), r"^height=33: this model needs a multiple of \d+ pixels"),
+    (dict(items=["circle"], k=0.5, mask_resolution=5), r"^mask_resolution=5: this model has no attention layer"),
     (dict(variant="dm", generator=gens(3), num_images_per_prompt=2), r"^generator: a list of 3 generators for 2 images"),
     (dict(), r"^variant 'asyndm' needs the prompt's items: pass items=\[\.\.\.\]"),
     (dict(items=["dog"], k=0.5), r"^prompt: item 'dog' is not a word of prompt"),
@@ -271,3 +273,21 @@ def test_from_pipe_refuses_a_pipeline_it_cannot_drive(folders):
 
     with pytest.raises(AsyndmError, match=r"^from_pipe\(StableDiffusionImg2ImgPipeline\): .*text-to-image only"):
         AsyncPipeline.from_pipe(StableDiffusionImg2ImgPipeline.from_pipe(user))
+
+
+def test_from_pipe_samples_with_a_lora_loaded_through_diffusers(folders, tmp_path):
+    """A LoRA saved to a file and loaded with diffusers' load_lora_weights (its PEFT backend): dm equals
+    the LoRA-loaded pipeline bit for bit, and the LoRA changes the images (so it is in what dm samples)."""
+    peft = pytest.importorskip("peft")
+    plain = load(folders, "sdxl", torch.float32)
+    torch.manual_seed(3)  # non-zero LoRA weights (peft's default init leaves lora_B at zero: no effect)
+    plain.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path, unet_lora_layers=peft.get_peft_model_state_dict(plain.unet))
+    user = load(folders, "sdxl", torch.float32)
+    without = reference(user, "sdxl", 1)
+    user.load_lora_weights(tmp_path)
+    pipe = AsyncPipeline.from_pipe(user)
+    got = dm(pipe, "sdxl", 1)
+    assert torch.equal(got, reference(user, "sdxl", 1))
+    assert (got - without).abs().max() > 1.0
