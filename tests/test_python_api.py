@@ -102,18 +102,18 @@ def test_a_list_of_prompts_and_dm_without_items(toy):
 
 
 def test_one_generator_is_one_stream_for_the_batch(toy):
-    """As diffusers: a single generator draws the whole batch's noise at once; every variant starts from
-    its state at the call, and the caller's generator is left as it was."""
+    """As diffusers: a single generator draws the whole batch's noise at once (dm equals diffusers' own
+    call with that generator); every variant starts from its state at the call, and the caller's
+    generator is left as it was."""
     g = torch.Generator().manual_seed(7)
     state = g.get_state()
-    out = toy("a red circle", items=["circle"], k=0.5, variants=["dm", "dm_concave"], num_inference_steps=2,
-              num_images_per_prompt=2, generator=g, output_type="latent")
+    call = dict(num_inference_steps=3, guidance_scale=3.0, eta=1.0, num_images_per_prompt=2, output_type="latent")
+    out = toy("a red circle", items=["circle"], k=0.5, variants=["dm", "dm_concave"], generator=g, **call)
     assert torch.equal(g.get_state(), state)
-    noise = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(7))
-    seen = []
-    toy("a red circle", variant="dm", num_inference_steps=2, num_images_per_prompt=2, output_type="latent",
-        generator=torch.Generator().manual_seed(7), callbacks=[lambda info: seen.append(info.latents)])
-    assert torch.equal(seen[-1], out["dm"].latents) and not torch.equal(out["dm"].latents, noise)
+    expected = toy.pipe("a red circle", generator=torch.Generator().manual_seed(7), **call).images  # diffusers' call
+    torch.testing.assert_close(out["dm"].latents, expected, rtol=1e-4, atol=1e-4)
+    per_image = toy("a red circle", variant="dm", generator=gens(2, seed=7), **call).latents
+    assert not torch.allclose(per_image, expected, atol=1e-2)  # one stream is not one generator per image
 
 
 def test_callback_latents_replace_the_loop_latents_and_tensor_inputs_are_checked(toy):
