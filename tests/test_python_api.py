@@ -286,7 +286,7 @@ def test_from_pipe_samples_with_a_lora_loaded_through_diffusers(folders, tmp_pat
     StableDiffusionXLPipeline.save_lora_weights(tmp_path, unet_lora_layers=peft.get_peft_model_state_dict(plain.unet))
     user = load(folders, "sdxl", torch.float32)
     without = reference(user, "sdxl", 1)
-    user.load_lora_weights(tmp_path)
+    user.load_lora_weights(tmp_path, weight_name="pytorch_lora_weights.safetensors")  # offline: name the file
     pipe = AsyncPipeline.from_pipe(user)
     got = dm(pipe, "sdxl", 1)
     assert torch.equal(got, reference(user, "sdxl", 1))
