@@ -34,7 +34,7 @@ from .presets import sampling_defaults
 from .prompts import PromptSpec, check_spec
 from .sampler import AsyncSampler, Callback, SamplingSettings
 from .sources import backend_for_pipeline, built_in_names, built_in_source, check_source
-from .variants import get_variant
+from .variants import get_variant, oracle_variants, unknown_variant
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # what callback_on_step_end can ask for in callback_kwargs (callback_on_step_end_tensor_inputs)
@@ -309,6 +309,10 @@ class AsyncPipeline:
         resolution = self.defaults["mask_resolution"] if mask_resolution is MODEL_DEFAULT else mask_resolution
         given = mask if isinstance(mask, torch.Tensor) else None
         mask_mode = "dynamic" if given is not None else mask
+        oracles = oracle_variants(names) if all(unknown_variant(v) is None for v in names) else []
+        if oracles and oracle_masks is None:
+            raise AsyndmError(f"variant '{oracles[0]}' reads its masks off dm's finished images: pass oracle_masks= "
+                              f"(a function of (image, spec, grid), or 'module:function'; asyndm/oracle.py)")
         if seed is not None and generator is not None:
             raise AsyndmError("seed= and generator= both given: pass one (image j of seed s is seeded s + j)")
         check_call(variants=names, variant_options=variant_options, curve=curve, curve_semantics=curve_semantics,

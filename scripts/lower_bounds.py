@@ -1,6 +1,7 @@
 """Build a virtual environment at asyndm's dependency lower bounds (``make lower-bounds``).
 
-Every ``name>=X`` of pyproject.toml's dependencies (and of the ``dev`` extra) is installed at exactly
+Every ``name>=X`` of pyproject.toml's dependencies (and of the ``dev`` and ``cluster`` extras, which
+``make venv`` installs too) is installed at exactly
 ``X``, so the fast tests then run against the oldest releases the bounds allow. torch and
 torchvision are the exception: they stay at the versions of the main environment (the machine's own
 CUDA or CPU build), since a torch wheel is a platform choice more than an API bound.
@@ -27,10 +28,11 @@ CONTEMPORARY = ("pyparsing<3.3",)
 
 
 def lower_bounds() -> dict[str, str]:
-    """name → its ``>=`` bound, from pyproject.toml's dependencies and the ``dev`` extra."""
+    """name → its ``>=`` bound, from pyproject.toml's dependencies and the ``dev`` and ``cluster`` extras."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     bounds = {}
-    for requirement in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+    extras = project["optional-dependencies"]
+    for requirement in [*project["dependencies"], *extras["dev"], *extras["cluster"]]:
         match = re.match(r"([A-Za-z0-9_.-]+)\s*(?:\[[^]]*])?\s*>=\s*([\w.]+)", requirement)
         if not match:
             sys.exit(f"lower_bounds: {requirement!r} in pyproject.toml has no '>=' lower bound; add one")

@@ -152,6 +152,7 @@ def test_device_dtype_to_and_progress_bar(toy):
     (dict(items=["circle"], k=0.5, mask_resolution=5), r"^mask_resolution=5: this model has no attention layer"),
     (dict(variant="dm", generator=gens(3), num_images_per_prompt=2), r"^generator: a list of 3 generators for 2 images"),
     (dict(), r"^variant 'asyndm' needs the prompt's items: pass items=\[\.\.\.\]"),
+    (dict(items=["circle"], k=0.5, variants=["dm", "asyndm_oracle"]), r"^variant 'asyndm_oracle' reads its masks off dm's"),
     (dict(items=["dog"], k=0.5), r"^prompt: item 'dog' is not a word of prompt"),
     (dict(items=["circle"]), r"^items=\['circle'\] need k"),
     (dict(items=["circle"], k=1.5), r"^prompt: k=1.5 for prompt 'a red circle' is outside \(0, 1\]"),
