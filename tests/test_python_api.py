@@ -256,9 +256,12 @@ def test_from_pipe_shares_the_modules_and_leaves_the_users_pipeline_working(fold
 
 def test_from_pipe_keeps_offloading_hooks(folders):
     """accelerate's model offloading (set up here with the CPU as the execution device: this machine has no
-    GPU) stays attached, asyndm does not move the modules, and dm still equals the pipeline."""
+    GPU) stays attached, asyndm does not move the modules, dm still equals the pipeline, and asyndm's
+    per-pixel path gives what it gives without the hooks."""
     user = load(folders, "sd", torch.float32)
     expected = reference(user, "sd", 1)
+    asyndm = dict(items=ITEMS, k=0.7, num_inference_steps=3, generator=gens(1), output_type="latent", height=128, width=128)
+    plain = AsyncPipeline.from_pipe(user)(PROMPT, **asyndm).latents
     user.enable_model_cpu_offload(device="cpu")
     hooks = {name: module._hf_hook for name, module in user.components.items() if hasattr(module, "_hf_hook")}
     assert "unet" in hooks
@@ -266,6 +269,8 @@ def test_from_pipe_keeps_offloading_hooks(folders):
     got = dm(pipe, "sd", 1)
     assert all(getattr(user.components[name], "_hf_hook", None) is hook for name, hook in hooks.items())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    asyndm["generator"] = gens(1)
+    assert torch.equal(pipe(PROMPT, **asyndm).latents, plain)  # per-pixel timesteps through the hooked UNet
 
 
 def test_from_pipe_refuses_a_pipeline_it_cannot_drive(folders):
