@@ -297,3 +297,14 @@ def test_from_pipe_samples_with_a_lora_loaded_through_diffusers(folders, tmp_pat
     got = dm(pipe, "sdxl", 1)
     assert torch.equal(got, reference(user, "sdxl", 1))
     assert (got - without).abs().max() > 1.0
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_asyndm_runs_on_a_wrapped_pipeline_of_each_family(folders, family):
+    """asyndm's own path (per-pixel or per-token timesteps, masks from attention) on the wrapped modules."""
+    pipe = AsyncPipeline.from_pipe(load(folders, family, torch.float32))
+    out = pipe(PROMPT, items=ITEMS, k=0.7, variants=["dm", "asyndm"], num_inference_steps=3, generator=gens(1),
+               guidance_scale=GUIDANCE[family], output_type="latent", **size(family))
+    masks = out["asyndm"].masks
+    assert masks.shape[0] == 1 and set(masks.unique().tolist()) <= {-1, 0, 1}
+    assert not torch.equal(out["asyndm"].latents, out["dm"].latents)
