@@ -225,7 +225,7 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     for group, schema in GROUPS.items():  # every typed key: its type, then its rule (asyndm/settings.py)
-        found = problem(cfg[group], schema, group)
+        found = problem(cfg[group], schema, group) if group in cfg else None  # the API's call: no model group
         _require(found is None, found)
     k = cfg.get("k")
     values = list(k) if OmegaConf.is_list(k) else ([] if k is None else [k])

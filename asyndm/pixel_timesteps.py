@@ -145,6 +145,9 @@ class PixelTimestepUNet:
 
     def _pixel_terms(self, timestep_map: torch.Tensor, encoder_hidden_states=None, added_cond_kwargs=None) -> list:
         """Per block, a function (h_b, w_b) → the (B, C, h_b, w_b) term to add after conv1."""
+        hook = getattr(self.unet, "_hf_hook", None)  # model offloading: the tables use the UNet's weights
+        if hook is not None and hasattr(hook, "pre_forward"):  # before its forward does: on the device now,
+            hook.pre_forward(self.unet)  # as diffusers' apply_forward_hook does for vae.decode
         batch, height, width = timestep_map.shape
         if self.tabulate:
             columns_of = timestep_map  # (B, h, w) table column of each pixel

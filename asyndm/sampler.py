@@ -24,12 +24,15 @@ from .backends.base import Backend, ItemAttention, ItemTokens
 from .conditioning import PromptConditioning
 from .callbacks import MeanItemMaps, ProgressBar, StepInfo
 from .curves import Curves
+from .generators import GeneratorStates
 from .guidance import GuidanceRule, StepContext
 from .settings import MASK_MODES, SampleSettings
 from .schedules import CurveSchedule, Schedule, SynchronousSchedule
 from .variants import VARIANTS, get_variant, oracle_variants
 
-Callback = Callable[[StepInfo], None]
+# An observer of each step; one that returns a tensor replaces the latents with it (as diffusers'
+# callback_on_step_end may).
+Callback = Callable[[StepInfo], "torch.Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,11 @@ def denoise(
         schedule.observe(step, item_maps)  # this call's mask first moves call step + 2
         for callback in callbacks:
             grid = attention.grid if attention is not None else None
-            callback(StepInfo(variant=variant, step=step, latents=latents, states=states, next_states=next_states,
-                              item_maps=item_maps, assignment=schedule.assignment, grid=grid, backend=backend))
+            replaced = callback(StepInfo(variant=variant, step=step, latents=latents, states=states,
+                                         next_states=next_states, item_maps=item_maps,
+                                         assignment=schedule.assignment, grid=grid, backend=backend))
+            if isinstance(replaced, torch.Tensor):  # diffusers' callback_on_step_end may return new latents
+                latents = replaced
     return latents
 
 
@@ -158,20 +164,22 @@ class AsyncSampler:
         self,
         variant: str,
         cond: PromptConditioning,
-        seeds: list[int],
+        seeds: list[int] | GeneratorStates,
         tokens: ItemTokens,
         item_k: list[float],
         masks: torch.Tensor | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> VariantResult:
-        """Denoise one batch as ``variant``. ``masks`` (B, h, w) fixes asyndm's item assignment."""
+        """Denoise one batch as ``variant``. ``masks`` (B, h, w) fixes asyndm's item assignment.
+        ``seeds``: one per image (generators seeded ``seed + j``), or the caller's generators' states."""
         backend, s = self.backend, self.settings
         kind = get_variant(variant).schedule
         dynamic = kind == "async" and masks is None
         if dynamic and s.mask_mode == "static":
             raise ValueError("static masks come from the dm pass of the same seeds: sample with "
                              "AsyncSampler.sample(...), or pass masks=")
-        generators = backend.generators(seeds, s.generator_device)
+        generators = (seeds.fresh() if isinstance(seeds, GeneratorStates)  # the caller's, replayed per variant
+                      else backend.generators(seeds, s.generator_device))
         latents = backend.initial_latents(generators, self.height, self.width)
         capture = dynamic or any(getattr(cb, "needs_item_maps", False) for cb in callbacks)
         attention = backend.item_attention(tokens, latents, s.mask_resolution, s.mask_blocks) if capture else None
@@ -194,7 +202,7 @@ class AsyncSampler:
         prompt: str,
         tokens: ItemTokens,
         item_k: list[float],
-        seeds: list[int],
+        seeds: list[int] | GeneratorStates,
         variants: Sequence[str],
         masks: torch.Tensor | None = None,
         callbacks: Sequence[Callback] = (),
@@ -232,5 +240,6 @@ class AsyncSampler:
         return {name: results[name] for name in variants}
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list:
-        return self.backend.decode(latents)
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Images from latents: PIL, or ``np`` / ``pt`` arrays in [0, 1] (diffusers' output types)."""
+        return self.backend.decode(latents) if output_type == "pil" else self.backend.decode(latents, output_type)

@@ -244,7 +244,7 @@ class TokenTimesteps:
     @contextmanager
     def active(self, rows: TokenRows):
         """Within the block, calls made with the extended timestep vector of ``rows`` are per token."""
-        patched: list = []  # modules whose forward is wrapped
+        patched: list = []  # (module, the forward it had as an attribute: an accelerate hook's, or None)
         try:
             self._wrap(self.embedder, self._embed(self.embedder, rows), patched)
             for block in self.blocks:
@@ -252,15 +252,18 @@ class TokenTimesteps:
             self._wrap(self.transformer.norm_out, self._final(self.transformer.norm_out, rows), patched)
             yield
         finally:
-            for module in patched:
-                del module.forward  # the class's forward again
+            for module, before in reversed(patched):
+                if before is None:
+                    del module.forward  # the class's forward again
+                else:
+                    module.forward = before  # an offloading hook's wrapper, kept
 
     # --------------------------------------------------------------- pieces
 
     @staticmethod
     def _wrap(module, forward, patched: list) -> None:
+        patched.append((module, module.__dict__.get("forward")))
         module.forward = forward
-        patched.append(module)
 
     @staticmethod
     def _embed(embedder, rows: TokenRows):

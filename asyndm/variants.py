@@ -42,6 +42,7 @@ class Variant:
     options: type | None = None
     options_name: str = ""  # whose options the rule reads; "" = the variant's own name
     masks: str = "attention"  # an async schedule's masks: the run's mask mode, or "oracle" (asyndm/oracle.py)
+    rule_reads_items: bool = False  # the guidance rule reads the items' tokens (Attend-and-Excite)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULE_KINDS:
@@ -58,6 +59,12 @@ class Variant:
             module, attribute = factory.split(":")
             factory = getattr(importlib.import_module(module), attribute)
         return factory(backend, guidance_scale, options)
+
+    @property
+    def needs_items(self) -> bool:
+        """Whether sampling it needs the prompt's items and k: a concave or asynchronous schedule, or a
+        rule that reads the items' tokens. dm and the other baselines run on the prompt alone."""
+        return self.schedule != "sync" or self.rule_reads_items
 
     def defaults(self) -> dict[str, Any]:
         """The options' defaults (lists for tuples), as the config holds them."""
@@ -162,7 +169,7 @@ def get_variant(name: str) -> Variant:
     by_rule = VARIANTS[rule]
     return Variant(name, VARIANTS[schedule].schedule,
                    f"{schedule}'s schedule with {rule}'s guidance", by_rule.rule, by_rule.options,
-                   by_rule.options_name, VARIANTS[schedule].masks)
+                   by_rule.options_name, VARIANTS[schedule].masks, by_rule.rule_reads_items)
 
 
 def oracle_variants(names: Iterable[str]) -> list[str]:

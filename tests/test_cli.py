@@ -337,6 +337,12 @@ def test_python_api_gives_the_cli_latents(runs, tiny_pipe):
         cli = torch.stack([torch.from_numpy(np.load(run_dir / "latents" / f"{j:05}_{variant}.npy")) for j in (0, 1)])
         assert torch.equal(out[variant].latents, cli), variant
     assert out["asyndm"].masks.shape == (2, 64, 64) and out["dm"].masks is None
+    # diffusers' way: generators seeded seed + j give the CLI's images too
+    generators = [torch.Generator("cpu").manual_seed(SEED + j) for j in (0, 1)]
+    asyndm = tiny_pipe(spec.prompt, items=spec.items, k=spec.k, generator=generators, num_images_per_prompt=2,
+                       num_inference_steps=STEPS, output_type="latent")
+    cli = torch.stack([torch.from_numpy(np.load(run_dir / "latents" / f"{j:05}_asyndm.npy")) for j in (0, 1)])
+    assert torch.equal(asyndm.latents, cli)
 
 
 def test_baselines_are_paired_scored_and_reported(runs, tiny_pipe):

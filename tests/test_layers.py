@@ -27,7 +27,8 @@ PACKAGES = ("asyndm", "evaluation")
 FOUNDATION = {"asyndm.errors", "asyndm.paths", "asyndm.plugins", "asyndm.devices", "asyndm.run_folder",
               "asyndm.shapes_world", "asyndm.context_world"}
 CONFIGURATION = {"asyndm.settings", "asyndm.curve_shapes", "asyndm.variants", "asyndm.sources", "asyndm.config", "asyndm.overrides",
-                 "asyndm.prompts", "asyndm.tokens", "asyndm.plan", "asyndm.dry_run", "asyndm.sweep", "asyndm.history", "asyndm.resume"}
+                 "asyndm.prompts", "asyndm.tokens", "asyndm.plan", "asyndm.dry_run", "asyndm.sweep", "asyndm.history", "asyndm.resume",
+                 "asyndm.presets", "asyndm.call_checks"}
 ORCHESTRATION = {"asyndm", "asyndm.__main__", "asyndm.run", "asyndm.shard", "asyndm.cli"}
 RANK = {"foundation": 0, "configuration": 1, "models": 2, "sampler": 3, "evaluation": 3, "orchestration": 4}
 

@@ -79,6 +79,28 @@ class ItemAttention(AbstractContextManager):
         return self.store.item_maps()
 
 
+def offloaded(pipe) -> bool:
+    """Whether accelerate's offloading hooks drive the pipeline's modules (``enable_model_cpu_offload``,
+    ``enable_sequential_cpu_offload``): they move each module to the device when it runs."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return any(hasattr(sub, "_hf_hook") for m in modules for sub in m.modules())
+
+
+def place(pipe, device: torch.device, dtype: torch.dtype, model) -> None:
+    """Put the pipeline on ``device`` in ``dtype`` (``model``: its denoiser, whose dtype tells whether a
+    cast is needed: from_pretrained already applied the dtype). An offloaded pipeline stays as its hooks
+    keep it; asking it for another dtype is refused, since a cast would move the offloaded weights."""
+    if offloaded(pipe):
+        if model.dtype != dtype:
+            raise ValueError(f"torch_dtype={dtype}: this pipeline is offloaded in {model.dtype}; load it in "
+                             f"{dtype} before enabling offloading, or pass torch_dtype={model.dtype}")
+        return
+    if model.device != device:
+        pipe.to(device)
+    if model.dtype != dtype:
+        pipe.to(dtype=dtype)
+
+
 class Backend(ABC):
     """One model family behind the surface the sampling loop uses."""
 
@@ -221,8 +243,9 @@ class Backend(ABC):
         """Move every cell from its state to its next state (element-wise update)."""
 
     @abstractmethod
-    def decode(self, latents: torch.Tensor) -> list:
-        """Latents → PIL images, as the pipeline decodes them."""
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Latents → images as the pipeline decodes them: PIL images, or with ``output_type`` ``np``
+        (B, H, W, 3) or ``pt`` (B, 3, H, W) in [0, 1], as diffusers' image processor gives them."""
 
     # --------------------------------------------------------------- optional capabilities (the baselines')
     # Each is a context manager that leaves the model as it found it. A family that lacks one

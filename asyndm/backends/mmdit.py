@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
 from ..errors import PromptError
+from ..generators import noise_generator
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
 from ..joint_attention import JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
@@ -35,7 +36,7 @@ from ..conditioning import TextConditioning
 from ..guidance import Prediction
 from ..settings import TEXT_TIMESTEPS
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens
+from .base import Backend, ItemAttention, ItemTokens, place
 
 
 class JointItemAttention(ItemAttention):
@@ -62,9 +63,7 @@ class FlowTransformerBackend(Backend):
         check_scheduler(pipe.scheduler)
         if text_timestep not in TEXT_TIMESTEPS:
             raise ValueError(f"model.text_timestep={text_timestep}: choose one of {', '.join(TEXT_TIMESTEPS)}")
-        pipe.to(device)
-        if pipe.transformer.dtype != dtype:  # from_pretrained already applied torch_dtype
-            pipe.to(dtype=dtype)
+        place(pipe, device, dtype, pipe.transformer)  # an offloaded pipeline stays as its hooks keep it
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
         self.text_timestep = text_timestep
@@ -134,7 +133,7 @@ class FlowTransformerBackend(Backend):
     def initial_latents(self, generators, height: int, width: int) -> torch.Tensor:
         """(B, C, h, w) drawn as the pipeline draws them (one generator per image, §7)."""
         shape = (len(generators), *self.latent_shape(height, width))
-        return randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        return randn_tensor(shape, generator=noise_generator(generators), device=self.device, dtype=self.dtype)
 
     # --------------------------------------------------------------- timeline
 
@@ -283,12 +282,12 @@ class FlowTransformerBackend(Backend):
 
     # --------------------------------------------------------------- decoding
 
-    def decode(self, latents: torch.Tensor) -> list:
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
         """As the pipelines decode: latents / scaling + shift, the VAE, postprocess."""
         vae = self.pipe.vae
         latents = latents / vae.config.scaling_factor + vae.config.shift_factor
         images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(images, output_type="pil")
+        return self.pipe.image_processor.postprocess(images, output_type=output_type)
 
 
 # ------------------------------------------------------------------ item words in T5

@@ -20,12 +20,13 @@ from ..attention_control import blur_queries, gradients_to_inputs, layers_at, la
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
 from ..errors import ModelError
+from ..generators import noise_generator
 from ..pixel_timesteps import PixelTimestepUNet, check_supported
 from ..tokens import item_token_positions
 from ..conditioning import PromptConditioning, TextConditioning
 from ..guidance import Prediction
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens
+from .base import Backend, ItemAttention, ItemTokens, place
 
 
 class UNetItemAttention(ItemAttention):
@@ -58,9 +59,7 @@ class StableDiffusionBackend(Backend):
             if pipe.scheduler.config.get(option):
                 raise ModelError(f"the scheduler config sets {option}=true, which asyndm's DDIM step does not "
                                  f"apply; set it to false in scheduler/scheduler_config.json")
-        pipe.to(device)
-        if pipe.unet.dtype != dtype:  # from_pretrained already applied torch_dtype; cast only in-memory builds
-            pipe.to(dtype=dtype)
+        place(pipe, device, dtype, pipe.unet)  # an offloaded pipeline stays as its hooks keep it
         pipe.set_progress_bar_config(disable=True)
         super().__init__(pipe, device, dtype)
         config = pipe.scheduler.config
@@ -163,7 +162,7 @@ class StableDiffusionBackend(Backend):
 
     def initial_latents(self, generators: list[torch.Generator], height: int, width: int) -> torch.Tensor:
         shape = (len(generators), *self.latent_shape(height, width))
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=self.dtype)
+        latents = randn_tensor(shape, generator=noise_generator(generators), device=self.device, dtype=self.dtype)
         return latents * self.pipe.scheduler.init_noise_sigma
 
     def timeline(self, num_steps: int, semantics: str = "reference") -> Timeline:
@@ -237,7 +236,8 @@ class StableDiffusionBackend(Backend):
         output, renoise = prediction.output, prediction.renoise
         noise = None
         if eta > 0:
-            noise = randn_tensor(latents.shape, generator=generators, device=self.device, dtype=output.dtype)
+            noise = randn_tensor(latents.shape, generator=noise_generator(generators), device=self.device,
+                                 dtype=output.dtype)
         table = prediction.alphas_cumprod  # a rule's own indexing of the schedule (CFG++'s released one)
         alpha_t = self._alpha(torch.round(states).long(), table)[:, None]  # (B, 1, h, w) float32
         alpha_prev = self._alpha(torch.round(next_states).long(), table)[:, None]
@@ -251,11 +251,11 @@ class StableDiffusionBackend(Backend):
             output, start, alpha_t, alpha_prev, eta, noise, self.prediction_type, renoise, self.step_arithmetic
         ).to(latents.dtype)
 
-    def decode(self, latents: torch.Tensor) -> list:
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
         """As the diffusers pipeline decodes (pixel-space models: the latents are the image)."""
         pipe = self.pipe
         if getattr(pipe, "vae", None) is None:
             images = latents
         else:
             images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-        return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+        return pipe.image_processor.postprocess(images, output_type=output_type, do_denormalize=[True] * len(images))

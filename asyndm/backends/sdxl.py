@@ -109,7 +109,7 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
             "added_cond_kwargs": {"text_embeds": pooled, "time_ids": self.size_ids(latents, len(pooled), pooled.dtype)},
         }
 
-    def decode(self, latents: torch.Tensor) -> list:
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
         """As the pipeline decodes: an fp16 VAE asking for it (``force_upcast``, SDXL's VAE overflows
         in fp16 to NaN, i.e. black images) decodes in fp32 and is cast back; latents are un-normalised
         with the VAE's mean/std where its config has them; the pipeline's watermark where it has one."""
@@ -132,4 +132,4 @@ class StableDiffusionXLBackend(StableDiffusionBackend):
                 vae.to(torch.float16)
         if getattr(pipe, "watermark", None) is not None:
             images = pipe.watermark.apply_watermark(images)
-        return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+        return pipe.image_processor.postprocess(images, output_type=output_type, do_denormalize=[True] * len(images))
