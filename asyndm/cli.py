@@ -15,6 +15,7 @@ from . import config as config_mod
 from .config import register_resolvers
 from .dry_run import dry_run
 from .resume import preflight
+from .sweep_plan import MULTIRUN_FLAGS, dry_run_sweep
 from .paths import CONF_DIR
 from .errors import AsyndmError, debugging, take_debug_flag
 from .overrides import normalise_argv, setting_problem, unknown_group_choice, variant_option_problem
@@ -35,12 +36,23 @@ def main() -> None:
         code = _single_job(argv)
         if code is not None:
             sys.exit(code)
+    elif _dry_multirun(argv):  # Hydra's multirun would create the sweep's folders first
+        code = dry_run_sweep(argv)
+        if code is not None:
+            sys.exit(code)
     hydra_main()
 
 
 def _overrides_only(argv: list[str]) -> bool:
     """Plain overrides of one job: no Hydra flags (-m, --cfg, -cd ...)."""
     return not any(arg.startswith("-") for arg in argv)
+
+
+def _dry_multirun(argv: list[str]) -> bool:
+    """-m (or --multirun) with plain overrides, one of them dry_run (its value is read once composed)."""
+    flags = [arg for arg in argv if arg.startswith("-")]
+    return bool(flags) and set(flags) <= set(MULTIRUN_FLAGS) and any(
+        arg.lstrip("+~").partition("=")[0] == "dry_run" for arg in argv)
 
 
 def _single_job(argv: list[str]) -> int | None:

@@ -187,18 +187,17 @@ def planned_jobs(multirun_cfg: DictConfig) -> list[tuple[str, list[str]]] | None
     """
     try:
         from hydra._internal.config_loader_impl import get_overrides_dirname
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from .sweep_plan import sweep_jobs
 
         hydra_cfg = multirun_cfg.hydra
         if OmegaConf.to_container(hydra_cfg.sweep, resolve=False).get("subdir") != "${hydra.job.override_dirname}":
             return None
         if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
             return None
-        params = hydra_cfg.sweeper.get("params") or {}
-        arguments = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in hydra_cfg.overrides.task]
+        jobs = sweep_jobs(hydra_cfg)
         parser = OverridesParser.create()
-        jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
         naming = hydra_cfg.job.config.override_dirname
         return [(get_overrides_dirname(parser.parse_overrides(job), list(naming.exclude_keys), naming.item_sep,
                                        naming.kv_sep), job) for job in jobs]

@@ -65,3 +65,45 @@ def test_the_check_sees_torch_when_a_command_loads_it(tmp_path):
     """The detector can fail: importing the sampler shows torch."""
     code, heavy, _ = imported("asyndm.sampler", cwd=tmp_path)
     assert code == 0 and "torch" in heavy
+
+
+def planned_folders(stdout: str, cwd: Path) -> list[str]:
+    """The job folders a dry run's plans name, in order, relative to ``cwd``."""
+    return [str(Path(line.removeprefix("dry run: ")).relative_to(cwd))
+            for line in stdout.splitlines() if line.startswith("dry run: /")]
+
+
+def test_a_multirun_dry_run_plans_hydras_jobs_and_writes_nothing(tmp_path):
+    """A preset's sweep (hydra.sweeper.params) times a command-line sweep: every job's plan, in the
+    folders and order of Hydra's own multirun, and nothing on disk."""
+    args = ["experiment=steps", "smoke=tiny", "curve=bin,lin", "dry_run=true"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    code, heavy, err = imported("asyndm", "-m", *args, cwd=tmp_path)
+    assert code == 0, err
+    assert heavy == ""
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no multirun.yaml, no job folder, no .hydra
+    ours = subprocess.run([sys.executable, "-m", "asyndm", "-m", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    # The oracle: Hydra's own multirun. -cn (a Hydra flag, naming the same config) sends the command
+    # past asyndm's dry run of a sweep, so Hydra's sweeper and launcher create the job folders.
+    real_cwd = tmp_path / "real"
+    real_cwd.mkdir()
+    real = subprocess.run([sys.executable, "-m", "asyndm", "-m", "-cn", "config", *args], cwd=real_cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert real.returncode == 0, real.stderr[-3000:]
+    sweep = real_cwd / "outputs/sweeps/smoke/steps"
+    created = sorted(str(p.relative_to(real_cwd)) for p in sweep.iterdir() if p.is_dir())
+    assert len(created) == 6  # sample.steps 2,3,4 (the preset at smoke size) x curve bin,lin
+    assert planned_folders(ours.stdout, tmp_path) == planned_folders(real.stdout, real_cwd)
+    assert sorted(planned_folders(ours.stdout, tmp_path)) == created
+    assert "dry run of a sweep: 6 jobs" in ours.stdout
+
+
+def test_a_multirun_dry_run_reports_a_refused_job_and_goes_on(tmp_path):
+    code, heavy, err = imported("asyndm", "-m", "smoke=tiny", "sample.steps=1,3", "dry_run=true", cwd=tmp_path)
+    assert code == 0, err
+    assert "asyndm: job #0 (smoke=tiny sample.steps=1 dry_run=True) refused: sample.steps=1: needs at least 2" in err
+    assert heavy == "" and list(tmp_path.iterdir()) == []
+    code, _, err = imported("asyndm", "-m", "smoke=tiny", "sample.steps=1,abc", "dry_run=true", cwd=tmp_path)
+    assert code == 2 and err.count("refused: sample.steps=") == 2  # nothing could be planned
+    assert list(tmp_path.iterdir()) == []

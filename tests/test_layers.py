@@ -5,7 +5,7 @@ of the import graph; the test fails on a cycle, and on an import from a lower la
 
     foundation     errors, paths, plugins, devices, run_folder, the toy worlds' definitions
     configuration  settings, curve_shapes, variants, options, sources, config, overrides, prompts, tokens, plan,
-                   dry_run, resume, sweep, history: no torch (tests/test_cheap_commands.py)
+                   dry_run, sweep_plan, resume, sweep, history: no torch (tests/test_cheap_commands.py)
     models         asyndm.offline: the tiny models the project builds
     sampler        everything else in asyndm: curves, steps, schedules, guidance, backends, baselines,
                    the sampler and its pipeline
@@ -27,7 +27,7 @@ PACKAGES = ("asyndm", "evaluation")
 FOUNDATION = {"asyndm.errors", "asyndm.paths", "asyndm.plugins", "asyndm.devices", "asyndm.run_folder",
               "asyndm.shapes_world", "asyndm.context_world"}
 CONFIGURATION = {"asyndm.settings", "asyndm.curve_shapes", "asyndm.variants", "asyndm.sources", "asyndm.config", "asyndm.overrides",
-                 "asyndm.prompts", "asyndm.tokens", "asyndm.plan", "asyndm.dry_run", "asyndm.sweep", "asyndm.history", "asyndm.resume",
+                 "asyndm.prompts", "asyndm.tokens", "asyndm.plan", "asyndm.dry_run", "asyndm.sweep_plan", "asyndm.sweep", "asyndm.history", "asyndm.resume",
                  "asyndm.presets", "asyndm.call_checks"}
 ORCHESTRATION = {"asyndm", "asyndm.__main__", "asyndm.run", "asyndm.shard", "asyndm.cli"}
 RANK = {"foundation": 0, "configuration": 1, "models": 2, "sampler": 3, "evaluation": 3, "orchestration": 4}
