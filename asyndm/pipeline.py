@@ -24,6 +24,7 @@ from diffusers.utils import BaseOutput
 
 from .backends.base import Backend, ItemTokens
 from .call_checks import check_call, python_error
+from .capabilities import check_variants
 from .callbacks import StepInfo
 from .errors import AsyndmError, ModelError, PromptError
 from .generators import GeneratorStates
@@ -223,6 +224,7 @@ class AsyncPipeline:
         """
         if output_type not in OUTPUT_TYPES:
             raise AsyndmError(f"output_type={output_type!r}: choose one of {', '.join(map(repr, OUTPUT_TYPES))}")
+        self._check_capabilities(variants)
         sampler = AsyncSampler(self.backend, settings)
         if not isinstance(seeds, GeneratorStates):
             seeds = [int(s) for s in seeds]
@@ -325,6 +327,7 @@ class AsyncPipeline:
                    negative_prompt=negatives[0], images=per_prompt,
                    height=height, width=width, true_cfg_scale=true_cfg_scale, item_tokens=item_tokens,
                    oracle_masks=oracle_masks, precision=_precision(self.dtype))
+        self._check_capabilities(names)
         specs = self._specs(prompts, items, k, legacy_item_idx, names)
         if output_type not in OUTPUT_TYPES:
             raise AsyndmError(f"output_type={output_type!r}: choose one of {', '.join(map(repr, OUTPUT_TYPES))}")
@@ -363,6 +366,14 @@ class AsyncPipeline:
         return merged if paired else merged[names[0]]
 
     # ------------------------------------------------------------------ the call's pieces
+
+    def _check_capabilities(self, variants: Sequence[str]) -> None:
+        """Refuse a variant whose rule needs a capability this model's family lacks (asyndm/capabilities.py),
+        before anything is sampled."""
+        try:
+            check_variants(variants, type(self.backend))
+        except AsyndmError as err:
+            raise python_error(err) from None
 
     @staticmethod
     def _variants(variants, variant) -> tuple[list[str], bool]:

@@ -25,6 +25,7 @@ from . import config as config_mod
 from .callbacks import TimestepTrace
 from .errors import ConfigError, PromptError
 from .history import invocation
+from .capabilities import check_variants
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
 from .oracle import load_oracle
@@ -85,8 +86,10 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     semantics = config_mod.sampler_semantics(cfg)
     check_resumable(run_dir, cfg_hash, config_mod.generator_device(cfg), semantics, cfg)
 
-    # Everything that can fail without weights fails here: the family, then every prompt's items.
+    # Everything that can fail without weights fails here: the family (and what the variants need of it),
+    # then every prompt's items.
     backend_cls = backend_class(source)
+    check_variants(cfg.variants, backend_cls)  # what each variant's rule needs of the family
     step = backend_cls.size_step(source)
     for side in ("height", "width"):
         value = cfg.sample.get(side)

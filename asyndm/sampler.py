@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .backends.base import Backend, ItemAttention, ItemTokens
+from .capabilities import check_variants, lacks
 from .conditioning import PromptConditioning
 from .callbacks import MeanItemMaps, ProgressBar, StepInfo
 from .curves import Curves
@@ -126,6 +127,7 @@ class AsyncSampler:
         """The variant's rule with the run's scale and its options (``variant_options[options_name]``);
         the family's own guidance (variants without options) takes the run's ``true_cfg_scale``."""
         spec = get_variant(variant)
+        check_variants([variant], type(self.backend))  # a family without what the rule needs: refused here
         options = self.settings.variant_options.get(spec.options_name) or {}
         spec.check_options(options)
         if spec.options is None:
@@ -135,7 +137,9 @@ class AsyncSampler:
     @torch.no_grad()  # as the pipelines encode: no autograd graph, and the same inference kernels
     def encode(self, prompt: str, batch: int, variants: Sequence[str] | None = None) -> PromptConditioning:
         """The prompt's conditioning; the negative prompt's too where a variant's guidance needs it."""
-        guided = any(self.guidance(v).guided for v in (variants or VARIANTS))
+        if variants is None:  # every variant this family can sample
+            variants = [v for v in VARIANTS if not lacks(v, type(self.backend))]
+        guided = any(self.guidance(v).guided for v in variants)
         return self.backend.encode(prompt, batch, self.settings.negative_prompt, guided)
 
     def _schedule(self, kind: str, latents, tokens: ItemTokens, item_k: list[float], masks,

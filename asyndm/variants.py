@@ -33,7 +33,9 @@ class Variant:
     ``rule``: ``"module:factory"`` (or the factory itself) with ``factory(backend, guidance_scale,
     options)`` building the guidance rule from the backend, the run's scale and the variant's options
     (``variant.<options_name>.*`` in the config); the default is the model family's own guidance.
-    ``options``: the dataclass of those options with their defaults (None: no options)."""
+    ``options``: the dataclass of those options with their defaults (None: no options). ``needs``: the
+    backend capabilities the rule calls (asyndm/capabilities.py), so that a family lacking one is
+    refused, naming it, before any weights load."""
 
     name: str
     schedule: str
@@ -43,6 +45,9 @@ class Variant:
     options_name: str = ""  # whose options the rule reads; "" = the variant's own name
     masks: str = "attention"  # an async schedule's masks: the run's mask mode, or "oracle" (asyndm/oracle.py)
     rule_reads_items: bool = False  # the guidance rule reads the items' tokens (Attend-and-Excite)
+    # the backend capabilities the rule needs (asyndm/capabilities.py): a family without one of them is
+    # refused before its weights load
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.schedule not in SCHEDULE_KINDS:
@@ -51,6 +56,9 @@ class Variant:
             raise ValueError(f"variant {self.name!r}: masks {self.masks!r} is not one of {MASK_SOURCES}")
         if not self.options_name:
             object.__setattr__(self, "options_name", self.name)
+        if isinstance(self.needs, str) or not all(isinstance(n, str) for n in self.needs):
+            raise ValueError(f"variant {self.name!r}: needs {self.needs!r} must be a tuple of capability names")
+        object.__setattr__(self, "needs", tuple(self.needs))
 
     def guidance(self, backend, guidance_scale: float, options: Mapping[str, Any]):
         """The guidance rule for this backend, scale and options (imports the rule's module)."""
@@ -169,7 +177,7 @@ def get_variant(name: str) -> Variant:
     by_rule = VARIANTS[rule]
     return Variant(name, VARIANTS[schedule].schedule,
                    f"{schedule}'s schedule with {rule}'s guidance", by_rule.rule, by_rule.options,
-                   by_rule.options_name, VARIANTS[schedule].masks, by_rule.rule_reads_items)
+                   by_rule.options_name, VARIANTS[schedule].masks, by_rule.rule_reads_items, by_rule.needs)
 
 
 def oracle_variants(names: Iterable[str]) -> list[str]:

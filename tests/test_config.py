@@ -96,8 +96,10 @@ def test_variant_options_reach_the_rule_and_the_hash(tmp_path):
     default, changed = _composed(), _composed("variant.cfgpp.scale=0.4", "variant.seg.layers=[mid,up]")
     settings = sampling_settings(changed)
     assert settings.variant_options["cfgpp"] == {"scale": 0.4, "noise_levels": "released"}
-    sampler = AsyncSampler.__new__(AsyncSampler)  # the rule needs no model for these three
-    sampler.backend, sampler.settings = None, settings
+    from asyndm.backends.sd import StableDiffusionBackend
+
+    sampler = AsyncSampler.__new__(AsyncSampler)  # the rule needs no model for these three, only a family
+    sampler.backend, sampler.settings = StableDiffusionBackend.__new__(StableDiffusionBackend), settings
     assert sampler.guidance("cfgpp").scale == 0.4 and sampler.guidance("asyndm+cfgpp").scale == 0.4
     assert tuple(sampler.guidance("seg").layers) == ("mid", "up")
     # defaults stay out of the hash: a run made before the baselines, or one that adds them, keeps its folder

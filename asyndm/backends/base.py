@@ -107,6 +107,13 @@ class Backend(ABC):
     family: ClassVar[str]
     #: the pipeline classes (model_index.json ``_class_name``) this backend loads
     pipeline_classes: ClassVar[tuple[str, ...]]
+    #: capabilities the family offers that no method override shows (asyndm/capabilities.py): e.g.
+    #: ``renoised_step``, a step that takes ``Prediction.renoise`` (a subclass adds to its bases').
+    #: Overriding one of the optional methods below (``attention_probabilities`` ...) offers that
+    #: capability by itself.
+    capabilities: ClassVar[tuple[str, ...]] = ()
+    #: capabilities offered by default that the family withholds (``classifier_free_guidance``)
+    lacking: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
         self.pipe = pipe
@@ -249,7 +256,9 @@ class Backend(ABC):
 
     # --------------------------------------------------------------- optional capabilities (the baselines')
     # Each is a context manager that leaves the model as it found it. A family that lacks one
-    # raises, naming it; only the guidance rules that need it (asyndm/baselines/) call it.
+    # raises, naming it; only the guidance rules that need it (asyndm/baselines/) call it, and a
+    # variant declares it in its ``needs`` so that the family is refused before loading
+    # (asyndm/capabilities.py: a family offers the ones it overrides).
 
     def attention_probabilities(self, latents: torch.Tensor, sides: list[int], kinds=("attn1", "attn2"),
                                 explicit: bool = False):

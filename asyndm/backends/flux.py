@@ -68,6 +68,9 @@ class FluxBackend(FlowTransformerBackend):
 
     family = "flux"
     pipeline_classes = ("FluxPipeline",)
+    # FLUX.1 is guidance-distilled: [dev] embeds the guidance scale in every model call and [schnell] takes
+    # none, so a baseline's own classifier-free guidance (asyndm/baselines/) is not offered
+    lacking = ("classifier_free_guidance",)
     query_keys = staticmethod(flux_query_keys)
     max_sequence_length = 512  # the pipeline's default T5 length
     patch = 2  # latents are packed in 2×2 patches

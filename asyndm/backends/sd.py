@@ -45,6 +45,7 @@ class StableDiffusionBackend(Backend):
 
     family = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
+    capabilities = ("renoised_step",)  # the DDIM step re-noises along Prediction.renoise (CFG++)
     #: the DDIM step's arithmetic (asyndm/ddim.py, METHOD.md §9): the release's float32 for SD 1.x/2.x
     step_arithmetic = "release"
     #: the curve semantics under which the curves keep the release's Y and o (§3) rather than §9's

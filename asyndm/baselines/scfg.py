@@ -24,7 +24,8 @@ class SemanticCFG(SCFGOptions):
     per layer, the self-attention map S (head-averaged) smooths the cross-attention map A as
     ((S + 3·S²)/4)·A (the released loop adds S² three times where its name, SSGC, suggests
     S, S², S³, S⁴; kept as released), coarser grids are bilinearly upsampled to latent/R, every map
-    is smoothed (3×3, σ = 0.5) and divided by its spatial mean, and the layers are averaged.
+    is smoothed (3×3, σ = 0.5) and divided by its spatial mean, and the layers are averaged (a grid
+    without attention layers, as SDXL's latent/8, is skipped; SD 1.x/2.x, the released code's, has each).
     Each cell of the latent/R grid belongs to the prompt token (of all 77) with the largest map
     (from the prompt's rows), to every one of them where several tie exactly (``regions``); the foreground is where the start token's map is not the larger of
     [start token, all other tokens summed] (from the *negative* prompt's rows, as released).
@@ -81,6 +82,8 @@ class SemanticCFG(SCFGOptions):
             side = latent_side // r
             crosses = record.layers("attn2", side)
             count = len(crosses)
+            if not count:  # a UNet without attention on this grid (SDXL has none at latent/8): the others decide
+                continue
             stacked = lambda names: torch.stack([record.maps[n] for n in names], 1).flatten(0, 1).float()  # noqa: E731
             self_map = stacked([c[: -len("attn2")] + "attn1" for c in crosses])  # (2B·n, g², g²), as released
             square = self_map @ self_map

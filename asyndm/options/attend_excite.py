@@ -25,4 +25,5 @@ class AttendExciteOptions:
 VARIANT = Variant(
     "attend_excite", "sync", "Attend-and-Excite (Chefer et al. 2023): latent updates that excite the items' attention",
     rule="asyndm.baselines.attend_excite:attend_excite_guidance", options=AttendExciteOptions, rule_reads_items=True,
+    needs=("classifier_free_guidance", "attention_probabilities", "latent_gradients"),
 )

@@ -26,4 +26,5 @@ VARIANT = Variant(
     "cfgpp", "sync", "CFG++ (Chung et al. 2025): guided x̂0, unconditional re-noising direction, λ = 0.6, "
     "the official code's noise levels",
     rule="asyndm.baselines.cfgpp:cfgpp_guidance", options=CFGppOptions,
+    needs=("classifier_free_guidance", "renoised_step",),
 )

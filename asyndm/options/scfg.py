@@ -20,4 +20,5 @@ class SCFGOptions:
 VARIANT = Variant(
     "scfg", "sync", "S-CFG (Shen et al. 2024): CFG scale per semantic region from attention maps",
     rule="asyndm.baselines.scfg:scfg_guidance", options=SCFGOptions,
+    needs=("classifier_free_guidance", "attention_probabilities",),
 )

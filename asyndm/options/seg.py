@@ -20,4 +20,5 @@ class SEGOptions:
 VARIANT = Variant(
     "seg", "sync", "SEG (Hong 2024): guidance away from a prediction with blurred self-attention queries",
     rule="asyndm.baselines.seg:seg_guidance", options=SEGOptions,
+    needs=("classifier_free_guidance", "blurred_self_attention",),
 )

@@ -31,4 +31,5 @@ class ZSamplingOptions:
 VARIANT = Variant(
     "zsampling", "sync", "Z-Sampling (Bai et al. 2025): zigzag of denoising and inversion, guidance gap 5 / 0",
     rule="asyndm.baselines.zsampling:zigzag_guidance", options=ZSamplingOptions,
+    needs=("classifier_free_guidance",),
 )
