@@ -115,6 +115,9 @@ class CapturingProcessor:
         self.store = store
         self.projected: dict[str, torch.Tensor] = {}  # "to_q" / "to_k" outputs of the current call
 
+    # eager inside compiled regions: the item count, the store and the processor change per prompt and
+    # per variant, which the compiler would otherwise trace and recompile for (asyndm/compilation.py)
+    @torch.compiler.disable
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         query, key = self.projected.pop("to_q", None), self.projected.pop("to_k", None)

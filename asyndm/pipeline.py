@@ -136,13 +136,15 @@ class AsyncPipeline:
         output_type: str = "pil",
         show_progress: bool = False,
         variant_options: dict[str, dict] | None = None,
+        compile: bool = False,
     ) -> dict[str, VariantOutput]:
         """Sample ``num_images`` paired images per variant (image j: seed ``seed + j``).
 
         ``mask``: ``"dynamic"`` (recomputed after every call), ``"static"`` (from the dm pass), or a
         (num_images, h, w) tensor of item indices (-1 background) that fixes asyndm's masks.
         ``variant_options``: the baselines' options by variant, e.g. ``{"cfgpp": {"scale": 0.4}}``
-        (unset ones keep their defaults, asyndm/baselines/).
+        (unset ones keep their defaults, asyndm/baselines/). ``compile``: torch.compile the model call,
+        in place and for the model's lifetime (the first call compiles; docs/performance.md).
         """
         values = [float(k)] * len(items) if isinstance(k, (int, float)) else [float(v) for v in k]
         spec = PromptSpec(0, prompt, [str(i) for i in items], values,
@@ -157,6 +159,7 @@ class AsyncPipeline:
             mask_threshold=mask_threshold, mask_resolution=mask_resolution,
             mask_blocks=tuple(mask_blocks) if mask_blocks is not None else None, height=height, width=width,
             true_cfg_scale=true_cfg_scale, variant_options=variant_options or {}, show_progress=show_progress,
+            compile=compile,
         )
         seeds = [seed + j for j in range(num_images)]
         return self.generate(spec, seeds, settings, variants, item_tokens, given, callbacks, output_type)

@@ -40,6 +40,7 @@ class SampleSettings:
     width: Optional[int] = None
     true_cfg_scale: float = 1.0  # guidance-distilled models (FLUX.1-dev): classifier-free guidance on top; 1 = off
     generator_device: Optional[str] = None  # where the noise is drawn: null = the sampling device; part of the identity
+    compile: bool = False  # torch.compile the model call; images equal eager ones within 1e-3, so not in the identity
 
 
 def type_problem(node, schema: type, where: str) -> str | None:

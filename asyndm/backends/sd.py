@@ -12,11 +12,14 @@ arithmetic (asyndm/ddim.py), whatever the model's dtype.
 from __future__ import annotations
 
 import torch
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
 from ..attention import AttentionStore, capture_cross_attention, capture_layer_names, cross_attention_grids
 from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
+from ..compilation import eager_while
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
 from ..errors import ModelError
@@ -211,18 +214,31 @@ class StableDiffusionBackend(Backend):
                              f"leave mask.blocks unset")
         return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
 
+    # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
+
+    def compile_regions(self) -> list:
+        """diffusers' repeated blocks of the UNet (``BasicTransformerBlock``) and its ResNet blocks, each
+        compiled once per shape. Not whole stages: a captured layer's graph break inside a stage's loop
+        makes dynamo give the stage up for good, and its blocks then recompile one by one."""
+        return [m for m in self.unet.modules() if isinstance(m, (ResnetBlock2D, BasicTransformerBlock))]
+
+    def prepare_compile(self) -> None:
+        self.pixel_unet.install()  # per-pixel hooks for good, switched per call (asyndm/pixel_timesteps.py)
+
     # --------------------------------------------------------------- the baselines' capabilities
+    # Their hooks come and go with each use: under sample.compile the model runs eagerly inside them.
 
     def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2"), explicit=False):
         side = self.map_shape(latents)[0]
         names = [n for kind in kinds for n in layers_at(self.unet, side, sides, kind)]
-        return record_attention(self.unet, names, side, explicit)
+        return eager_while(record_attention(self.unet, names, side, explicit), self.compiled)
 
     def blurred_self_attention(self, latents, sigma, places=("mid",)):
-        return blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents), sigma)
+        return eager_while(blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents),
+                                        sigma), self.compiled)
 
     def latent_gradients(self):
-        return gradients_to_inputs(self.unet)
+        return eager_while(gradients_to_inputs(self.unet), self.compiled)
 
     def _alpha(self, timesteps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """ᾱ per pixel from ``table`` (None: the scheduler's alphas_cumprod); negative timesteps
