@@ -77,3 +77,22 @@ def test_call_cost_splits_a_step_into_the_per_token_path_and_the_capture(capsys)
                                   "--resolution", side])
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
         assert all(summary[f"{kind}_ms"] > 0 for kind in ("plain", "per_cell", "per_cell_and_capture"))
+
+
+@pytest.mark.slow
+def test_compiled_benchmark_reports_ratios_compile_time_and_recompiles(capsys):
+    """--compile: eager and compiled diffusers and asyndm side by side (the shapes of
+    tests/test_compilation.py, so a suite run compiles them once)."""
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "2",
+                              "--resolution", "64", "--repeats", "1", "--variants", "asyndm", "--compile"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    for method in ("vanilla", "asyndm", "vanilla_compiled", "asyndm_compiled"):
+        assert summary[f"{method}_s_per_image"] > 0, method
+    ratio = summary["asyndm_compiled_s_per_image"] / summary["vanilla_s_per_image"]
+    assert abs(summary["compiled_asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
+    ratio = summary["asyndm_compiled_s_per_image"] / summary["vanilla_compiled_s_per_image"]
+    assert abs(summary["compiled_asyndm_over_compiled_vanilla"] - ratio) <= 1e-3 * ratio
+    assert "compile_s" in summary and summary["recompiles"] == 0
