@@ -32,9 +32,9 @@ def compile_regions(modules, mode: str | None = None) -> int:
     """Compile each module in place (``nn.Module.compile``); returns how many were compiled."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r}: choose one of {', '.join(map(str, COMPILE_MODES))}")
-    # a region's code serves every block of its class (each with its own channels and, under capture, graph
-    # breaks that trace its ResNets one by one): one specialisation each, all made in the first batch, which
-    # torch's default of 8 per code object would cut short, running the rest eagerly for good
+    # a region's code serves every block of its class: one graph per shape, per plain / per-pixel call and
+    # per captured or not, all made in the first batch; torch's default of 8 per code object would cut that
+    # short on larger UNets and run the rest eagerly for good
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     count = 0
     for module in modules:

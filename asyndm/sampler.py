@@ -218,10 +218,7 @@ class AsyncSampler:
             truth = oracle(dm.latents).to(self.backend.device)
             for name in oracles:
                 results[name] = self.sample_variant(name, cond, seeds, tokens, item_k, masks=truth, callbacks=callbacks)
-        # compiled: the variants that capture run first, so that the first batch already makes, after a
-        # captured call, every graph a later batch needs (order does not change any image)
-        order = sorted(variants, key=lambda v: v not in asynchronous) if self.settings.compile else variants
-        for name in order:
+        for name in variants:
             if name not in results:
                 results[name] = self.sample_variant(name, cond, seeds, tokens, item_k,
                                                     masks=masks if name in asynchronous else None, callbacks=callbacks)

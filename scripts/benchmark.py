@@ -173,10 +173,7 @@ def main(argv=None) -> dict:
     compiled = {}
     if args.compile:  # the same functions, through the compiled regions; the eager ones with them switched off
         backend.compile()
-        # the capturing variants first: after a captured call the first plain call compiles one more graph
-        # (docs/performance.md, "Compiled"), so round 0 makes it and the timed rounds compile nothing
-        capturing = [m for m in methods if m in variants and get_variant(m).schedule == "async"]
-        compiled = {f"{m}_compiled": runs[m] for m in (*capturing, *(m for m in methods if m not in capturing))}
+        compiled = {f"{m}_compiled": runs[m] for m in methods}
         runs = {**{m: _eagerly(run) for m, run in runs.items()}, **compiled}
         methods = (*methods, *compiled)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

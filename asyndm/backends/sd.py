@@ -12,8 +12,6 @@ arithmetic (asyndm/ddim.py), whatever the model's dtype.
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
@@ -34,12 +32,14 @@ from .base import Backend, ItemAttention, ItemTokens
 class UNetItemAttention(ItemAttention):
     """Capturing processors on the ``attn2`` layers whose query grid is the mask's (§6)."""
 
-    def __init__(self, unet, tokens: ItemTokens, latent_hw: tuple[int, int], resolution: int | None):
+    def __init__(self, unet, tokens: ItemTokens, latent_hw: tuple[int, int], resolution: int | None,
+                 compiled: bool = False):
         latent_h, latent_w = latent_hw
         side = resolution or latent_h // 4
         self.layers = capture_layer_names(unet, latent_h, side)
         store = AttentionStore(tokens.positions)
-        super().__init__((side, side * latent_w // latent_h), store, capture_cross_attention(unet, self.layers, store))
+        super().__init__((side, side * latent_w // latent_h), store, capture_cross_attention(unet, self.layers, store,
+                                                                                      not compiled))
 
 
 class StableDiffusionBackend(Backend):
@@ -212,15 +212,16 @@ class StableDiffusionBackend(Backend):
         if blocks is not None:
             raise ValueError(f"mask.blocks={list(blocks)}: UNet masks come from the layers of mask.resolution; "
                              f"leave mask.blocks unset")
-        return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
+        return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution, self.compiled is not None)
 
     # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
 
     def compile_regions(self) -> list:
-        """diffusers' repeated blocks of the UNet (``BasicTransformerBlock``) and its ResNet blocks, each
-        compiled once per shape. Not whole stages: a captured layer's graph break inside a stage's loop
-        makes dynamo give the stage up for good, and its blocks then recompile one by one."""
-        return [m for m in self.unet.modules() if isinstance(m, (ResnetBlock2D, BasicTransformerBlock))]
+        """The UNet's stages (down blocks, mid block, up blocks), each compiled once per shape with its
+        ResNets, transformer blocks and the mask capture inside: on the tiny model a stage fuses
+        more than its blocks one by one (0.90 against 0.95 × an eager call, docs/performance.md)."""
+        unet = self.unet
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
 
     def prepare_compile(self) -> None:
         self.pixel_unet.install()  # per-pixel hooks for good, switched per call (asyndm/pixel_timesteps.py)
