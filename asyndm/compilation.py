@@ -2,15 +2,16 @@
 
 The backend names its compile regions (SD/SDXL: the UNet's down, mid and up stages; SD3/Flux: the
 transformer's repeated blocks, diffusers' ``_repeated_blocks``), and each is compiled in place with
-``nn.Module.compile``. Everything the method changes per call is made stable for the compiler:
+``nn.Module.compile``, one graph per shape. What the method changes per call is kept out of what the
+compiler guards on:
 
-- what varies per call enters the regions as tensors read from one holder that stays installed
-  (per-pixel timesteps: permanent hooks on the ResNet blocks, switched by the holder; per-token
-  timesteps: the AdaLN wrappers likewise), never as hooks or closures added per call;
-- the attention capture for masks runs eagerly (its ``__call__`` is ``torch.compiler.disable``-d),
-  so per-prompt item counts, per-step stores and new processors per variant are not traced;
-- the baselines' capabilities (attention recording, query blur, latent gradients) run the model
-  eagerly (``eager()``), since their hooks come and go with each use.
+- per-pixel timesteps: hooks installed once and switched by a holder the call fills with tensors
+  (asyndm/pixel_timesteps.py), never hooks or closures added per call;
+- the UNet's mask capture: traced inside the stages, it only records each layer's probabilities;
+  the prompt's items are weighed after the call (asyndm/attention.py);
+- the MMDiT joint-attention capture (``torch.compiler.disable``) and per-token calls run eagerly;
+- the baselines' capabilities (attention recording, query blur, latent gradients) add hooks for one
+  use: the model runs eagerly inside them (``eager_while``).
 
 Compiled regions stay compiled for the life of the model: the first batch compiles (warm-up), later
 batches, prompts, steps and variants reuse the graphs (``tests/test_compilation.py`` counts them).

@@ -62,7 +62,7 @@ def test_no_recompiles_after_the_first_batch(runs):
 
 
 def test_masks_are_captured_under_compile(runs):
-    """asyndm's final masks come from the capture, which runs eagerly inside the compiled stages."""
+    """asyndm's final masks come from the capture, traced inside the compiled stages."""
     _, eager, compiled, _ = runs
     for reference, result in zip(eager, compiled):
         assert (result["masks"] == reference["masks"]).float().mean() >= 0.99

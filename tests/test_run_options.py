@@ -70,7 +70,9 @@ def test_compiling_keeps_the_run_identity_and_the_job_folder():
     """sample.compile=true gives the eager images within 1e-3 (tests/test_compilation.py): like the batch
     size it resumes the same run folder and does not name a sweep's job folder."""
     eager, compiled = composed("device=cpu"), composed("device=cpu", "sample.compile=true")
-    assert compiled.sample.compile is True
+    from asyndm.run import sampling_settings
+
+    assert sampling_settings(compiled).compile is True and sampling_settings(eager).compile is False
     assert config_hash(eager) == config_hash(compiled)
     assert "sample.compile" in OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys
 
