@@ -69,15 +69,14 @@ class AttentionStore:
         self.token_positions = token_positions
         self.rows: slice | None = None
         self._weights: torch.Tensor | None = None
-        self._sum: torch.Tensor | None = None
-        self._layers = 0
+        self._recorded: list[torch.Tensor] = []  # per captured layer: (B_cond, h*w, L) head-averaged probabilities
 
     @property
     def enabled(self) -> bool:
         return self.rows is not None
 
     def reset(self) -> None:
-        self._sum, self._layers = None, 0
+        self._recorded = []
 
     def _token_weights(self, length: int, device) -> torch.Tensor:
         """(L, n_items): column i averages the tokens of item i (built once per sequence length)."""
@@ -89,16 +88,19 @@ class AttentionStore:
         return self._weights
 
     def add(self, probs: torch.Tensor) -> None:
-        """probs: (B_cond, heads, h*w, L) attention probabilities of one layer."""
-        weights = self._token_weights(probs.shape[-1], probs.device)
-        item_maps = (probs.float().mean(dim=1) @ weights).transpose(1, 2)  # (B, n_items, h*w)
-        self._sum = item_maps if self._sum is None else self._sum + item_maps
-        self._layers += 1
+        """probs: (B_cond, heads, h*w, L) attention probabilities of one layer. Only recorded here: the
+        items are weighed in ``item_maps``, so what runs inside a compiled model is the same for every
+        prompt (asyndm/compilation.py)."""
+        self._recorded.append(probs.float().mean(dim=1))
 
     def item_maps(self) -> torch.Tensor:
-        if self._sum is None:
+        if not self._recorded:
             raise RuntimeError("no cross-attention was captured in the last UNet call")
-        return self._sum / self._layers
+        total = None
+        for probs in self._recorded:  # the layers in call order, as they were summed when captured
+            item_maps = (probs @ self._token_weights(probs.shape[-1], probs.device)).transpose(1, 2)
+            total = item_maps if total is None else total + item_maps
+        return total / len(self._recorded)
 
 
 class CapturingProcessor:
@@ -133,8 +135,11 @@ class CapturingProcessor:
 
 
 @contextmanager
-def capture_cross_attention(unet, layer_names: list[str], store: AttentionStore):
-    """Install capturing processors on ``layer_names``; restore every original processor on exit."""
+def capture_cross_attention(unet, layer_names: list[str], store: AttentionStore, reuse_projections: bool = True):
+    """Install capturing processors on ``layer_names``; restore every original processor on exit.
+
+    ``reuse_projections=False`` (a compiled UNet): no hooks on the layers' projections, which the
+    compiler would see change with every capture; the query and key are projected again."""
     original = dict(unet.attn_processors)
     missing = [name for name in layer_names if name not in original]
     if missing:
@@ -144,7 +149,7 @@ def capture_cross_attention(unet, layer_names: list[str], store: AttentionStore)
     }
     modules = dict(unet.named_modules())
     handles = []
-    for name in layer_names:  # the layer's own projections, kept while a call is captured
+    for name in layer_names if reuse_projections else ():  # the layer's own projections, kept while captured
         layer, processor = modules[name.removesuffix(".processor")], patched[name]
         for projection in ("to_q", "to_k"):
             handles.append(getattr(layer, projection).register_forward_hook(_keep(processor, projection)))

@@ -20,7 +20,7 @@ from .sources import pipeline_class
 # What decides the images. Batch size, outputs, evaluation and logging do not, so a rerun that
 # changes only those resumes the same folder.
 HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sample", "seed", "precision")
-UNHASHED_SAMPLE_KEYS = ("batch_size",)
+UNHASHED_SAMPLE_KEYS = ("batch_size", "compile")  # compiled images equal eager ones within 1e-3
 # Keys added after run folders existed: left out of the hash while they hold these defaults, so the
 # folders of earlier runs keep their names (and resume).
 LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0},

@@ -182,6 +182,8 @@ class CapturingJointProcessor:
         self.query_keys = query_keys
         self.recorded = recorded
 
+    # eager inside compiled blocks: stores, items and recording change per prompt and variant
+    @torch.compiler.disable
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
         rotary = {} if image_rotary_emb is None else {"image_rotary_emb": image_rotary_emb}

@@ -288,6 +288,7 @@ class AsyncPipeline:
         show_progress: bool | None = None,
         variant_options: dict[str, dict] | None = None,
         oracle_masks: OracleFunction | str | None = None,
+        compile: bool = False,
     ):
         """Sample as a diffusers pipeline is called; returns one variant's output (asyndm unless
         ``variant=`` names another) with ``.images``, or with ``variants=[...]`` a dict of paired
@@ -302,7 +303,9 @@ class AsyncPipeline:
         ``mask_resolution`` default to the model's own. ``mask``: ``"dynamic"``, ``"static"`` or a
         (images, h, w) tensor of item indices (-1 background) fixing asyndm's masks. ``mask_time``:
         videos (Wan): an item's mask per frame (``"frame"``) or the union over its frames.
-        ``variant_options``: the baselines' options, e.g. ``{"cfgpp": {"scale": 0.4}}``.
+        ``variant_options``: the baselines' options, e.g. ``{"cfgpp": {"scale": 0.4}}``. ``compile``:
+        torch.compile the model call, in place and for the model's lifetime (the first call compiles;
+        docs/performance.md).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else []
         if not prompts:
@@ -349,8 +352,8 @@ class AsyncPipeline:
                 steps=steps, eta=eta, guidance_scale=scale, negative_prompt=negative, curve=curve,
                 curve_semantics=curve_semantics, mask_mode=mask_mode, mask_threshold=mask_threshold,
                 mask_resolution=resolution, mask_blocks=tuple(mask_blocks) if mask_blocks is not None else None,
-                mask_time=mask_time, height=height, width=width, true_cfg_scale=true_cfg_scale, variant_options=variant_options or {},
-                show_progress=show,
+                mask_time=mask_time, height=height, width=width, true_cfg_scale=true_cfg_scale,
+                variant_options=variant_options or {}, show_progress=show, compile=compile,
             )
             first = SEED if seed is None else int(seed)
             seeds = (noise if noise.shared else noise.part(position * per_prompt, (position + 1) * per_prompt)) \

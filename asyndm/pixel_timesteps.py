@@ -86,6 +86,24 @@ class PixelTimestepUNet:
         self.tabulate = tabulate
         self._tables: dict[tuple, list[torch.Tensor]] = {}
         self._sample_tables: tuple | None = None  # (dtype/device, conditioning refs, tables, finalizers)
+        self._switch: _PixelSwitch | None = None  # installed hooks (``install``), for compiled regions
+
+    def install(self) -> None:
+        """Install the per-pixel hooks for good, switched on only inside ``active``.
+
+        For compiled regions (asyndm/compilation.py): hooks added and removed on every call would
+        change what the compiler traced, and recompile each call; installed hooks that read the
+        call's map and tables from one holder compile twice at most (plain calls and per-pixel
+        ones) and are then reused. Outside ``active`` they leave the UNet's output untouched.
+        """
+        if self._switch is not None:
+            return
+        if not self.tabulate:
+            raise ValueError("installed per-pixel hooks gather from the tables: use tabulate=True")
+        self._switch = _PixelSwitch(len(self.blocks))
+        for block, slot in zip(self.blocks, self._switch.slots):
+            block.time_emb_proj.register_forward_hook(_zero_when_on(self._switch))
+            block.conv1.register_forward_hook(_add_when_on(self._switch, slot))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -143,6 +161,19 @@ class PixelTimestepUNet:
                 finalizer.detach()
         self._sample_tables = None
 
+    def _tabulated(self, timestep_map: torch.Tensor, encoder_hidden_states=None, added_cond_kwargs=None):
+        """(table column of each pixel (B, h, w), the tables per block (C, ·))."""
+        batch = timestep_map.shape[0]
+        if not self.adds_embedding:
+            return timestep_map, self._projection_tables(self.dtype, timestep_map.device)
+        tables = self._sample_projection_tables(self.dtype, timestep_map.device, encoder_hidden_states,
+                                                added_cond_kwargs)
+        if tables[0].shape[1] != batch * self.num_train_timesteps:
+            raise ValueError(f"added_cond_kwargs hold {tables[0].shape[1] // self.num_train_timesteps} "
+                             f"samples for a timestep map of {batch}")
+        first = torch.arange(batch, device=timestep_map.device) * self.num_train_timesteps
+        return timestep_map + first.view(batch, 1, 1), tables
+
     def _pixel_terms(self, timestep_map: torch.Tensor, encoder_hidden_states=None, added_cond_kwargs=None) -> list:
         """Per block, a function (h_b, w_b) → the (B, C, h_b, w_b) term to add after conv1."""
         hook = getattr(self.unet, "_hf_hook", None)  # model offloading: the tables use the UNet's weights
@@ -150,25 +181,10 @@ class PixelTimestepUNet:
             hook.pre_forward(self.unet)  # as diffusers' apply_forward_hook does for vae.decode
         batch, height, width = timestep_map.shape
         if self.tabulate:
-            columns_of = timestep_map  # (B, h, w) table column of each pixel
-            if self.adds_embedding:
-                tables = self._sample_projection_tables(self.dtype, timestep_map.device, encoder_hidden_states,
-                                                        added_cond_kwargs)
-                if tables[0].shape[1] != batch * self.num_train_timesteps:
-                    raise ValueError(f"added_cond_kwargs hold {tables[0].shape[1] // self.num_train_timesteps} "
-                                     f"samples for a timestep map of {batch}")
-                first = torch.arange(batch, device=timestep_map.device) * self.num_train_timesteps
-                columns_of = timestep_map + first.view(batch, 1, 1)
-            else:
-                tables = self._projection_tables(self.dtype, timestep_map.device)
+            columns_of, tables = self._tabulated(timestep_map, encoder_hidden_states, added_cond_kwargs)
 
             def gathered(table):
-                def term(block_h, block_w):
-                    cells = _subsample(columns_of, block_h, block_w)  # (B, h_b, w_b)
-                    columns = table.index_select(1, cells.reshape(-1))  # (C, B * h_b * w_b)
-                    return columns.view(-1, batch, block_h, block_w).transpose(0, 1)  # (B, C, h_b, w_b)
-
-                return term
+                return lambda block_h, block_w: _gathered(table, columns_of, block_h, block_w)
 
             return [gathered(table) for table in tables]
         added = self.added_embedding(encoder_hidden_states, added_cond_kwargs) if self.adds_embedding else None
@@ -189,8 +205,18 @@ class PixelTimestepUNet:
 
         SDXL-style UNets also need the call's ``encoder_hidden_states`` and ``added_cond_kwargs``.
         """
-        handles = []
+        if self._switch is not None:  # the hooks stay installed; they read the map while it is set
+            columns, tables = self._tabulated(timestep_map, encoder_hidden_states, added_cond_kwargs)
+            for slot, table in zip(self._switch.slots, tables):
+                slot.table = table
+            self._switch.columns = columns
+            try:
+                yield
+            finally:
+                self._switch.columns = None
+            return
         terms = self._pixel_terms(timestep_map, encoder_hidden_states, added_cond_kwargs)
+        handles = []
         for block, term in zip(self.blocks, terms):
             handles.append(block.time_emb_proj.register_forward_hook(_zero_output))
             handles.append(block.conv1.register_forward_hook(_add_term(term)))
@@ -214,6 +240,46 @@ class PixelTimestepUNet:
 
 def _zero_output(module, inputs, output):
     return torch.zeros_like(output)
+
+
+def _gathered(table: torch.Tensor, columns_of: torch.Tensor, block_h: int, block_w: int) -> torch.Tensor:
+    """(B, C, h_b, w_b): each cell's column of a (C, ·) table, the map subsampled to the block's grid."""
+    cells = _subsample(columns_of, block_h, block_w)  # (B, h_b, w_b)
+    columns = table.index_select(1, cells.reshape(-1))  # (C, B * h_b * w_b)
+    return columns.view(-1, len(columns_of), block_h, block_w).transpose(0, 1)
+
+
+class _TableSlot:
+    """One block's table for the installed hook (a slot per block: a hook reading ``tables[index]``
+    would specialise on the index and compile once per block)."""
+
+    def __init__(self):
+        self.table: torch.Tensor | None = None
+
+
+class _PixelSwitch:
+    """What the installed hooks read: the call's table columns (B, h, w) during a per-pixel call, else
+    None, and each block's table."""
+
+    def __init__(self, blocks: int):
+        self.columns: torch.Tensor | None = None
+        self.slots = [_TableSlot() for _ in range(blocks)]
+
+
+def _zero_when_on(switch: _PixelSwitch):
+    def hook(module, inputs, output):
+        return None if switch.columns is None else torch.zeros_like(output)
+
+    return hook
+
+
+def _add_when_on(switch: _PixelSwitch, slot: _TableSlot):
+    def hook(module, inputs, output):
+        if switch.columns is None:
+            return None
+        return output.add_(_gathered(slot.table, switch.columns, *output.shape[2:]).to(output.dtype))
+
+    return hook
 
 
 def _subsample(timestep_map: torch.Tensor, block_h: int, block_w: int) -> torch.Tensor:

@@ -52,6 +52,7 @@ class SamplingSettings(SampleSettings):
     mask_time: str = "frame"  # videos: an item's mask per frame, or the union over frames ("union")
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
+    compile: bool = False  # torch.compile the model call (asyndm/compilation.py); images equal eager within 1e-3
 
     @classmethod
     def from_config(cls, sample: Mapping, curve: Mapping, mask: Mapping, **rest) -> "SamplingSettings":
@@ -121,6 +122,8 @@ class AsyncSampler:
             raise ValueError(f"unknown mask mode '{settings.mask_mode}': choose mask=dynamic or mask=static")
         self.backend = backend
         self.settings = settings
+        if settings.compile:
+            backend.compile()  # once per model: later samplers on it reuse the compiled regions
         self.height, self.width = settings.height or backend.default_size[0], settings.width or backend.default_size[1]
 
     def guidance(self, variant: str) -> GuidanceRule:

@@ -66,6 +66,7 @@ class SampleSettings:
     # where the noise is drawn: null = the sampling device; part of the identity
     generator_device: Optional[str] = check(lambda v: v in (None, "cpu", "cuda") or str(v).startswith("cuda:"),
                                             "choose cpu, cuda or null (the sampling device)", None)
+    compile: bool = False  # torch.compile the model call; images equal eager ones within 1e-3, so not in the identity
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,14 @@ object for scripts.
     python scripts/benchmark.py --model flux-shaped --device cuda --precision bf16 --batch-size 1 --steps 28
     python scripts/benchmark.py --model tiny_wan --device cpu --resolution 64 --frames 9 --batch-size 2
     python scripts/benchmark.py --model wan-shaped --device cuda --precision bf16 --batch-size 1 --steps 10 --frames 21
+    python scripts/benchmark.py --model tiny --device cpu --compile --variants asyndm
+
+``--compile`` adds each method compiled (``sample.compile=true``, asyndm/compilation.py) beside its
+eager run: the model is compiled in place once, so plain diffusers and asyndm go through the very same
+compiled regions, and the eager runs switch them off (``torch.compiler.set_stance("force_eager")``).
+The first round compiles (``compile_s``: its extra time); ``recompiles`` counts graphs compiled in the
+timed rounds after it. On CUDA it then recompiles with ``mode="reduce-overhead"`` (CUDA graphs) and
+times the compiled methods again.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from asyndm.compilation import compile_count, eager  # noqa: E402
 from asyndm.models import load_backend, resolve_device, resolve_dtype  # noqa: E402
 from asyndm.sources import backend_for_pipeline, built_in_names, built_in_source, check_source  # noqa: E402
 from asyndm.offline.sd import sd21_shaped_pipeline  # noqa: E402
@@ -120,6 +129,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is stable on shared machines)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of dm and asyndm")
     parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels_last memory format")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall time, or this process's CPU time (one thread, a shared CPU: less disturbed)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every method compiled (sample.compile=true), side by side with eager")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help=f"comma-separated variants to time beside plain diffusers (default {DEFAULT_VARIANTS})")
     args = parser.parse_args(argv)
@@ -165,28 +178,41 @@ def main(argv=None) -> dict:
         return run
 
     runs = {"vanilla": vanilla, **{v: ours(v) for v in variants}}
-    times = {m: [] for m in methods}
-    peaks = {m: 0 for m in methods}
-    for round_ in range(args.repeats + 1):
-        for method in methods:
-            with torch.no_grad(), PeakMemory(device) as memory:
-                start = time.perf_counter()
-                runs[method]()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - start
-            if round_ > 0:  # round 0 warms up
-                times[method].append(elapsed / len(seeds))
-                peaks[method] = max(peaks[method], memory.peak)
+    compiled = {}
+    if args.compile:  # the same functions, through the compiled regions; the eager ones with them switched off
+        backend.compile()
+        compiled = {f"{m}_compiled": runs[m] for m in methods}
+        runs = {**{m: _eagerly(run) for m, run in runs.items()}, **compiled}
+        methods = (*methods, *compiled)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times, peaks, first = _time_rounds(runs, methods, args.repeats, len(seeds), device, clock)
+    compile_summary = _compile_summary("", compiled, times, first, len(seeds))
+    if args.compile and device.type == "cuda":  # CUDA graphs: the compiled methods again, recompiled
+        torch._dynamo.reset()
+        for module in backend.compile_regions():
+            module.compile(mode="reduce-overhead", dynamic=False)
+        graphed = {f"{m}_reduce_overhead": run for m, run in compiled.items()}
+        more_times, more_peaks, more_first = _time_rounds(graphed, tuple(graphed), args.repeats, len(seeds), device,
+                                                            clock)
+        times, peaks, methods = {**times, **more_times}, {**peaks, **more_peaks}, (*methods, *graphed)
+        compile_summary.update(_compile_summary("reduce_overhead_", graphed, more_times, more_first, len(seeds)))
 
     if args.profile:
         for method in variants:
             print_profile(method, runs[method], device)
 
     median = {m: statistics.median(times[m]) for m in methods}
+    ratios = {}
+    for v in variants if args.compile else ():
+        for suffix in ("compiled", "reduce_overhead"):
+            if f"{v}_{suffix}" in median:
+                prefix = "" if suffix == "compiled" else "reduce_overhead_"
+                ratios[f"{prefix}compiled_{v}_over_vanilla"] = round(median[f"{v}_{suffix}"] / median["vanilla"], 4)
+                ratios[f"{prefix}compiled_{v}_over_compiled_vanilla"] = round(
+                    median[f"{v}_{suffix}"] / median[f"vanilla_{suffix}"], 4)
     print(f"model={args.model} device={device} ({_device_name(device)}) precision={args.precision} "
           f"steps={args.steps} batch={args.batch_size} image={height}x{width}{frames} threads={args.threads} "
-          f"channels_last={args.channels_last} "
+          f"channels_last={args.channels_last} clock={args.clock} "
           f"torch={torch.__version__}")
     width = max(12, *(len(m) + 2 for m in methods))
     print(f"{'method':<{width}}{'s/image':>10}{'vs vanilla':>12}{'peak MiB':>11}{'peak vs vanilla':>17}")
@@ -203,15 +229,62 @@ def main(argv=None) -> dict:
         "resolution": height,
         **({"frames": backend.num_frames} if frames else {}),
         "channels_last": args.channels_last,
+        "clock": args.clock,
         "variants": variants,
         **{f"{m}_s_per_image": round(median[m], 5) for m in methods},
         **{f"{v}_over_vanilla": round(median[v] / median["vanilla"], 4) for v in variants},
         **({"asyndm_over_dm": round(median["asyndm"] / median["dm"], 4)} if {"dm", "asyndm"} <= set(variants) else {}),
         **{f"{m}_peak_mib": round(peaks[m] / 2**20, 1) for m in methods},
         **{f"{v}_peak_mem_over_vanilla": round(peaks[v] / peaks["vanilla"], 4) for v in variants},
+        **ratios,
+        **compile_summary,
     }
     print(json.dumps(summary))
     return summary
+
+
+def _eagerly(run):
+    """``run`` with the compiled regions switched off."""
+    def eager_run():
+        with eager():
+            return run()
+
+    return eager_run
+
+
+def _time_rounds(runs: dict, methods, repeats: int, images: int, device, clock=time.perf_counter):
+    """Seconds per image of each method per timed round (round 0 warms up, and compiles), interleaved;
+    peak memory; and round 0's whole time per method."""
+    times = {m: [] for m in methods}
+    peaks = {m: 0 for m in methods}
+    first = {}
+    for round_ in range(repeats + 1):
+        if round_ == 1:
+            first["graphs"] = compile_count()
+        for method in methods:
+            with torch.no_grad(), PeakMemory(device) as memory:
+                start = clock()
+                runs[method]()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = clock() - start
+            if round_ == 0:
+                first[method] = elapsed
+            else:
+                times[method].append(elapsed / images)
+                peaks[method] = max(peaks[method], memory.peak)
+    first["recompiles"] = compile_count() - first.get("graphs", compile_count())
+    return times, peaks, first
+
+
+def _compile_summary(prefix: str, compiled: dict, times: dict, first: dict, images: int) -> dict:
+    """``compile_s``: the warm-up round's extra time in the compiled methods (their first calls compile);
+    ``recompiles``: graphs compiled during the timed rounds after it."""
+    if not compiled:
+        return {}
+    extra = sum(first[m] - statistics.median(times[m]) * images for m in compiled)
+    return {f"{prefix}compile_s": round(extra, 2), f"{prefix}recompiles": first["recompiles"],
+            f"{prefix}compiled_methods": list(compiled)}
 
 
 def print_profile(method: str, run, device) -> None:

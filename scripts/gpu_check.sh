@@ -36,6 +36,18 @@ part sd21_fp16_channels_last "${bench[@]}" --model sd21-shaped --precision fp16 
 part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py tests/test_wan.py -p no:cacheprovider -rA
 part sd35m_bf16 "${bench[@]}" --model sd35m-shaped --precision bf16 --batch-size 4 --steps 28 --repeats 3 --profile
 part flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1 --steps 28 --repeats 3 --profile
+# sample.compile=true (docs/performance.md, "Compiled"): eager and compiled diffusers and asyndm side by
+# side, then mode="reduce-overhead" (CUDA graphs); one part per family's shaped model, the tiny one too
+part compile_sd21_fp16 "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 --repeats 3 \
+    --variants dm,asyndm --compile
+part compile_tiny_fp32 "${bench[@]}" --model tiny --precision fp32 --batch-size 4 --steps 20 --repeats 5 \
+    --variants dm,asyndm --compile
+part compile_sdxl_fp16 "${bench[@]}" --model sdxl-shaped --precision fp16 --batch-size 4 --steps 50 --repeats 2 \
+    --variants dm,asyndm --compile
+part compile_sd35m_bf16 "${bench[@]}" --model sd35m-shaped --precision bf16 --batch-size 4 --steps 28 --repeats 2 \
+    --variants dm,asyndm --compile
+part compile_flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1 --steps 28 --repeats 2 \
+    --variants dm,asyndm --compile
 cost=("$py" scripts/call_cost.py --device cuda --precision bf16 --resolution 1024 --rounds 5)
 part sd35m_call_cost "${cost[@]}" --model sd35m-shaped --batch-size 4
 part flux_call_cost "${cost[@]}" --model flux-shaped --batch-size 1

@@ -101,3 +101,22 @@ def test_the_shaped_wan_architecture_builds():
     billions = sum(p.numel() for p in wan.transformer.parameters()) / 1e9
     assert 1.3 < billions < 1.5 and len(wan.transformer.blocks) == 30
     assert (wan.vae_scale_factor_temporal, wan.vae_scale_factor_spatial) == (4, 8)
+
+
+@pytest.mark.slow
+def test_compiled_benchmark_reports_ratios_compile_time_and_recompiles(capsys):
+    """--compile: eager and compiled diffusers and asyndm side by side (the shapes of
+    tests/test_compilation.py, so a suite run compiles them once)."""
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    summary = benchmark.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--batch-size", "2",
+                              "--resolution", "64", "--repeats", "1", "--variants", "asyndm", "--compile"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    for method in ("vanilla", "asyndm", "vanilla_compiled", "asyndm_compiled"):
+        assert summary[f"{method}_s_per_image"] > 0, method
+    ratio = summary["asyndm_compiled_s_per_image"] / summary["vanilla_s_per_image"]
+    assert abs(summary["compiled_asyndm_over_vanilla"] - ratio) <= 1e-3 * ratio
+    ratio = summary["asyndm_compiled_s_per_image"] / summary["vanilla_compiled_s_per_image"]
+    assert abs(summary["compiled_asyndm_over_compiled_vanilla"] - ratio) <= 1e-3 * ratio
+    assert "compile_s" in summary and summary["recompiles"] == 0

@@ -66,6 +66,17 @@ def test_the_noise_device_is_part_of_the_run_identity():
     assert config_hash(cpu) == config_hash(composed("device=cpu", "sample.batch_size=2", "prompts.evaluators=[]"))
 
 
+def test_compiling_keeps_the_run_identity_and_the_job_folder():
+    """sample.compile=true gives the eager images within 1e-3 (tests/test_compilation.py): like the batch
+    size it resumes the same run folder and does not name a sweep's job folder."""
+    eager, compiled = composed("device=cpu"), composed("device=cpu", "sample.compile=true")
+    from asyndm.run import sampling_settings
+
+    assert sampling_settings(compiled).compile is True and sampling_settings(eager).compile is False
+    assert config_hash(eager) == config_hash(compiled)
+    assert "sample.compile" in OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+
+
 @pytest.fixture
 def main_in_process(monkeypatch, capsys, tmp_path):
     """The console script's main() with these overrides → (exit status, stdout, stderr); no model loads."""

@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 
 from .. import sources
+from ..compilation import compile_regions
 from ..conditioning import PromptConditioning, TextConditioning
 from ..guidance import ClassifierFreeGuidance, Prediction
 from ..masks import masks_from_attention
@@ -119,6 +120,7 @@ class Backend(ABC):
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
+        self.compiled: str | None = None  # the torch.compile mode once compiled (sample.compile), else None
 
     # --------------------------------------------------------------- sizes
 
@@ -253,6 +255,29 @@ class Backend(ABC):
     def decode(self, latents: torch.Tensor, output_type: str = "pil"):
         """Latents → images as the pipeline decodes them: PIL images, or with ``output_type`` ``np``
         (B, H, W, 3) or ``pt`` (B, 3, H, W) in [0, 1], as diffusers' image processor gives them."""
+
+    # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
+
+    def compile_regions(self) -> list:
+        """The modules ``sample.compile=true`` compiles in place. A family without a compiled path raises."""
+        raise NotImplementedError(f"the {self.family} backend has no compiled path: set sample.compile=false")
+
+    def prepare_compile(self) -> None:
+        """Install, once, what lets the per-call changes reach the regions without recompiling (the
+        per-pixel / per-token switches). Default: nothing to install."""
+
+    def compile(self, mode: str | None = None) -> None:
+        """Compile the model call's regions in place, once per backend: later calls do nothing."""
+        wanted = mode or "default"
+        if self.compiled is not None:
+            if self.compiled != wanted:
+                raise ValueError(f"this model is already compiled with mode={self.compiled}; load it again to "
+                                 f"compile with mode={wanted}")
+            return
+        regions = self.compile_regions()
+        self.prepare_compile()
+        compile_regions(regions, mode)
+        self.compiled = wanted
 
     # --------------------------------------------------------------- optional capabilities (the baselines')
     # Each is a context manager that leaves the model as it found it. A family that lacks one

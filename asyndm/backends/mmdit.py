@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import deque
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
+from ..compilation import eager
 from ..errors import PromptError
 from ..generators import noise_generator
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
@@ -200,7 +202,8 @@ class FlowTransformerBackend(Backend):
                 return self._forward(latents, self.model_timesteps(states)[:, 0, 0].repeat(repeats), text)
             text_timesteps = self.shift.model_timesteps(self._text_states(states, sync_state), tokens).repeat(repeats)
             extended, rows = self._distinct(states).rows(text_timesteps, repeats)
-            with self.token_timesteps.active(rows):
+            # compiled: per-token calls run eagerly (their AdaLN wrappers are installed per call)
+            with self.token_timesteps.active(rows), eager() if self.compiled else nullcontext():
                 return self._forward(latents, extended, text)
         finally:
             if attention is not None:
@@ -212,6 +215,18 @@ class FlowTransformerBackend(Backend):
             raise NotImplementedError("this guidance rule separates the re-noising output (CFG++-style); the "
                                       "flow-matching Euler step has a single velocity, so it does not apply here")
         return euler_step(prediction.output, latents, self.sigmas(states), self.sigmas(next_states))
+
+    # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
+
+    def compile_regions(self) -> list:
+        """The transformer's repeated blocks (diffusers' ``_repeated_blocks`` where the class names them,
+        else its ``transformer_blocks`` and ``single_transformer_blocks``). Plain calls (dm, dm_concave,
+        the baselines) run compiled; per-token calls (asyndm) run eagerly for now."""
+        transformer = self.transformer
+        names = set(getattr(transformer, "_repeated_blocks", None) or ())
+        if names:
+            return [m for m in transformer.modules() if type(m).__name__ in names]
+        return [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
 
     # --------------------------------------------------------------- masks
 

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .. import sources
 from ..attention import AttentionStore, capture_cross_attention, capture_layer_names, cross_attention_grids
 from ..attention_control import blur_queries, gradients_to_inputs, layers_at, layers_in, record_attention
+from ..compilation import eager_while
 from ..curves import timesteps_from_state
 from ..ddim import ddim_step
 from ..errors import ModelError
@@ -32,12 +33,14 @@ from .base import Backend, ItemAttention, ItemTokens, place
 class UNetItemAttention(ItemAttention):
     """Capturing processors on the ``attn2`` layers whose query grid is the mask's (§6)."""
 
-    def __init__(self, unet, tokens: ItemTokens, latent_hw: tuple[int, int], resolution: int | None):
+    def __init__(self, unet, tokens: ItemTokens, latent_hw: tuple[int, int], resolution: int | None,
+                 compiled: bool = False):
         latent_h, latent_w = latent_hw
         side = resolution or latent_h // 4
         self.layers = capture_layer_names(unet, latent_h, side)
         store = AttentionStore(tokens.positions)
-        super().__init__((side, side * latent_w // latent_h), store, capture_cross_attention(unet, self.layers, store))
+        super().__init__((side, side * latent_w // latent_h), store, capture_cross_attention(unet, self.layers, store,
+                                                                                      not compiled))
 
 
 class StableDiffusionBackend(Backend):
@@ -209,20 +212,34 @@ class StableDiffusionBackend(Backend):
         if blocks is not None:
             raise ValueError(f"mask.blocks={list(blocks)}: UNet masks come from the layers of mask.resolution; "
                              f"leave mask.blocks unset")
-        return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution)
+        return UNetItemAttention(self.unet, tokens, self.map_shape(latents), resolution, self.compiled is not None)
+
+    # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
+
+    def compile_regions(self) -> list:
+        """The UNet's stages (down blocks, mid block, up blocks), each compiled once per shape with its
+        ResNets, transformer blocks and the mask capture inside: on the tiny model a stage fuses
+        more than its blocks one by one (0.90 against 0.95 × an eager call, docs/performance.md)."""
+        unet = self.unet
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+
+    def prepare_compile(self) -> None:
+        self.pixel_unet.install()  # per-pixel hooks for good, switched per call (asyndm/pixel_timesteps.py)
 
     # --------------------------------------------------------------- the baselines' capabilities
+    # Their hooks come and go with each use: under sample.compile the model runs eagerly inside them.
 
     def attention_probabilities(self, latents, sides, kinds=("attn1", "attn2"), explicit=False):
         side = self.map_shape(latents)[0]
         names = [n for kind in kinds for n in layers_at(self.unet, side, sides, kind)]
-        return record_attention(self.unet, names, side, explicit)
+        return eager_while(record_attention(self.unet, names, side, explicit), self.compiled)
 
     def blurred_self_attention(self, latents, sigma, places=("mid",)):
-        return blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents), sigma)
+        return eager_while(blur_queries(self.unet, layers_in(self.unet, places, "attn1"), self.map_shape(latents),
+                                        sigma), self.compiled)
 
     def latent_gradients(self):
-        return gradients_to_inputs(self.unet)
+        return eager_while(gradients_to_inputs(self.unet), self.compiled)
 
     def _alpha(self, timesteps: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """ᾱ per pixel from ``table`` (None: the scheduler's alphas_cumprod); negative timesteps
