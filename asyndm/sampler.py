@@ -52,7 +52,6 @@ class SamplingSettings(SampleSettings):
     mask_time: str = "frame"  # videos: an item's mask per frame, or the union over frames ("union")
     variant_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     show_progress: bool = False
-    compile: bool = False  # torch.compile the model call (asyndm/compilation.py); images equal eager within 1e-3
 
     @classmethod
     def from_config(cls, sample: Mapping, curve: Mapping, mask: Mapping, **rest) -> "SamplingSettings":
