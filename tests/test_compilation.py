@@ -33,6 +33,7 @@ def _sample(backend, mask, prompt, compiled):
 @pytest.fixture(scope="module")
 def runs(tiny_path):
     """Eager latents of every batch, then compiled ones with the graphs counted after each batch."""
+    torch._dynamo.reset()  # graphs an earlier test compiled for the same code (the benchmark's) would serve here
     backend = load_backend(str(tiny_path), torch.device("cpu"), torch.float32)
     eager = [_sample(backend, mask, prompt, False) for mask, prompt in BATCHES]
     before = compile_count()
