@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from . import plugins
 from .errors import ConfigError
+from .variants import FAMILY_GUIDANCE, VARIANTS, get_variant
 
 #: the capabilities the built-in rules need, and what each is (docs/baselines.md)
 CAPABILITIES = {
@@ -54,8 +55,6 @@ def _base(backend_cls):
 
 def needs(variant: str) -> tuple[str, ...]:
     """What ``variant``'s rule needs (a composed name: its rule's)."""
-    from .variants import get_variant
-
     return tuple(get_variant(variant).needs)
 
 
@@ -108,8 +107,6 @@ def check_variants(variants: Iterable[str], backend_cls, where: str = "variants"
 def table(variants: Iterable[str] | None = None) -> str:
     """A markdown table of ``variants`` (default: every registered variant with a rule of its own, the
     baselines) and what each needs, one column per installed family: ✓ where the family samples it."""
-    from .variants import FAMILY_GUIDANCE, VARIANTS
-
     names = list(variants) if variants is not None else [v for v in VARIANTS if VARIANTS[v].rule != FAMILY_GUIDANCE]
     found = families()
     lines = ["| variant | needs | " + " | ".join(found) + " |", "|---|---|" + "---|" * len(found)]
