@@ -26,7 +26,7 @@ from .backends.base import Backend, ItemTokens
 from .call_checks import check_call, python_error
 from .capabilities import check_variants
 from .callbacks import StepInfo
-from .errors import AsyndmError, ModelError, PromptError
+from .errors import AsyndmError, ConfigError, ModelError, PromptError
 from .generators import GeneratorStates
 from .models import DTYPES, load_backend, pipeline_dtype, resolve_device, resolve_dtype
 from .oracle import OracleFunction, load_oracle
@@ -426,22 +426,15 @@ class AsyncPipeline:
         return specs
 
     def _check_model_settings(self, height, width, resolution) -> None:
-        """What the CLI checks from the model's configs before loading (asyndm/run.py): image sizes the
-        model cannot sample, and a mask grid it has no attention layer on. Where the model came from a
-        folder; an in-memory pipeline is checked by its first model call."""
+        """What the CLI checks from the model's configs before loading (Backend.check_sizes), in Python
+        terms. Where the model came from a folder; an in-memory pipeline is checked by its first call."""
         if not self.source or not _is_folder(self.source):
             return
-        step = self.backend.size_step(self.source)
-        for side, value in (("height", height), ("width", width)):
-            if value is not None and step and isinstance(value, int) and value % step:
-                below, above = max(step, value // step * step), (value // step + 1) * step
-                raise AsyndmError(f"{side}={value}: this model needs a multiple of {step} pixels; use {below} or {above}")
-        if resolution is not None:
-            available = self.backend.mask_resolutions(self.source, height, width)
-            if available is not None and resolution not in available:
-                raise AsyndmError(f"mask_resolution={resolution}: this model has no attention layer on a "
-                                  f"{resolution}-sided grid at this image size; choose one of {available} "
-                                  f"(or None: latent side / 4)")
+        try:
+            self.backend.check_sizes(self.source, height, width, resolution)
+        except ValueError as err:
+            raise python_error(ConfigError(str(err))) from None
+
 
 def _images_per_prompt(num_images_per_prompt, num_images) -> int:
     if num_images_per_prompt is not None and num_images is not None and num_images_per_prompt != num_images:

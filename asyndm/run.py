@@ -90,25 +90,12 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     # then every prompt's items.
     backend_cls = backend_class(source)
     check_variants(cfg.variants, backend_cls)  # what each variant's rule needs of the family
-    step = backend_cls.size_step(source)
-    for side in ("height", "width"):
-        value = cfg.sample.get(side)
-        if value is not None and step and value % step:
-            below, above = max(step, value // step * step), (value // step + 1) * step
-            raise ConfigError(f"sample.{side}={value}: this model needs a multiple of {step} pixels (its VAE, and "
-                              f"the grids its timesteps and masks live on); use {below} or {above}")
-    try:  # the family's own settings (model.num_frames ...), from the configs
+    try:  # the image size and mask grid, and the family's own settings (model.num_frames ...), from the configs
+        backend_cls.check_sizes(source, cfg.sample.get("height"), cfg.sample.get("width"), cfg.mask.resolution)
         backend_cls.check_options(source, backend_options(cfg.model))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     token_mode = item_token_mode(cfg)
-    resolution = cfg.mask.resolution
-    if resolution is not None:
-        available = backend_cls.mask_resolutions(source, cfg.sample.get("height"), cfg.sample.get("width"))
-        if available is not None and resolution not in available:
-            raise ConfigError(f"mask.resolution={resolution}: this model has no attention layer on a "
-                              f"{resolution}-sided grid at this image size; choose one of {available} "
-                              f"(or null: latent side / 4)")
     evaluators = cfg.get("eval")
     evaluators = OmegaConf.to_container(evaluators, resolve=True) if OmegaConf.is_config(evaluators) else {}
     for name, settings in (evaluators or {}).items():

@@ -172,6 +172,24 @@ class Backend(ABC):
         weights), so ``mask.resolution`` is checked before loading; None where not known cheaply."""
         return None
 
+    @classmethod
+    def check_sizes(cls, source: str, height: int | None, width: int | None, mask_resolution: int | None) -> None:
+        """Refuse, from the configs alone (no weights), an image size off the model's grid and a mask grid
+        it has no attention layer on: one ValueError line naming the config key (``sample.height``,
+        ``mask.resolution``; the Python API rewords it) and the fix."""
+        step = cls.size_step(source)
+        for side, value in (("height", height), ("width", width)):
+            if value is not None and step and value % step:
+                below, above = max(step, value // step * step), (value // step + 1) * step
+                raise ValueError(f"sample.{side}={value}: this model needs a multiple of {step} pixels (its VAE, "
+                                 f"and the grids its timesteps and masks live on); use {below} or {above}")
+        if mask_resolution is not None:
+            available = cls.mask_resolutions(source, height, width)
+            if available is not None and mask_resolution not in available:
+                raise ValueError(f"mask.resolution={mask_resolution}: this model has no attention layer on a "
+                                 f"{mask_resolution}-sided grid at this image size; choose one of {available} "
+                                 f"(or null: latent side / 4)")
+
     @abstractmethod
     def item_tokens(self, prompt: str, items: list[str], legacy_item_idx: list[int] | None, mode: str) -> ItemTokens:
         """Resolve item words to token positions with the family's own tokenizer(s)."""
