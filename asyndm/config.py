@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .devices import auto_device_type
 from .errors import ConfigError
-from .settings import GROUPS, PRECISIONS, problem, register_settings_defaults, register_variant_options
+from .settings import GROUPS, PRECISIONS, defaults, problem, register_settings_defaults, register_variant_options
 from .variants import VARIANTS, get_variant, oracle_variants, unknown_variant
 
 from .paths import CONF_DIR  # noqa: E402 - re-exported: the configs, found through the package
@@ -21,12 +21,11 @@ from .sources import pipeline_class
 # changes only those resumes the same folder.
 HASHED_KEYS = ("model", "curve", "mask", "prompts", "prompt", "items", "k", "sample", "seed", "precision")
 UNHASHED_SAMPLE_KEYS = ("batch_size", "compile")  # compiled images equal eager ones within 1e-3
-# Keys added after run folders existed: left out of the hash while they hold these defaults, so the
-# folders of earlier runs keep their names (and resume).
-LATER_KEY_DEFAULTS = {"sample": {"height": None, "width": None, "true_cfg_scale": 1.0},
-                      "mask": {"blocks": None, "time": "frame"},
-                      "model": {"text_timestep": None, "skip_components": None, "num_frames": None,
-                                "default_size": None}}
+# Keys added after run folders existed: left out of the hash while they hold their defaults (read off
+# their dataclasses, asyndm/settings.py), so the folders of earlier runs keep their names (and resume).
+LATER_KEYS = {"sample": ("height", "width", "true_cfg_scale"), "mask": ("blocks", "time"),
+              "model": ("text_timestep", "skip_components", "num_frames", "default_size")}
+LATER_KEY_DEFAULTS = {group: {key: defaults(GROUPS[group])[key] for key in keys} for group, keys in LATER_KEYS.items()}
 # The sampler's semantics, part of every run's identity (``sampler_semantics``); a folder sampled
 # under another one is refused, not resumed into. Each version says what changed the images:
 SEMANTICS_CHANGES = {
@@ -79,9 +78,9 @@ def config_hash(cfg: DictConfig) -> str:
         subset[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     for key in UNHASHED_SAMPLE_KEYS:
         (subset.get("sample") or {}).pop(key, None)
-    for group, defaults in LATER_KEY_DEFAULTS.items():
+    for group, later in LATER_KEY_DEFAULTS.items():
         node = subset.get(group) or {}
-        for key, default in defaults.items():
+        for key, default in later.items():
             if key in node and node[key] == default:
                 node.pop(key)
     if "sample" in subset and subset["sample"] is not None:
