@@ -27,6 +27,7 @@ KEYWORDS = {
     "sample.width": "width",
     "sample.true_cfg_scale": "true_cfg_scale",
     "sample.generator_device": "generator",
+    "sample.compile": "compile",
     "mask.threshold": "mask_threshold",
     "mask.resolution": "mask_resolution",
     "mask.blocks": "mask_blocks",

@@ -9,7 +9,12 @@ compiler guards on:
   (asyndm/pixel_timesteps.py), never hooks or closures added per call;
 - the UNet's mask capture: traced inside the stages, it only records each layer's probabilities;
   the prompt's items are weighed after the call (asyndm/attention.py);
-- the MMDiT joint-attention capture (``torch.compiler.disable``) and per-token calls run eagerly;
+- per-token timesteps (SD3, Flux): AdaLN wrappers installed once and switched by a holder
+  (asyndm/token_timesteps.py); the embedding rows of the call's distinct timesteps, whose number
+  changes every call, are the one dynamic size (``maybe_mark_dynamic``);
+- the MMDiT joint-attention capture: traced inside the blocks, with the item weights padded to a
+  fixed number of columns and the queries and keys computed again rather than recorded
+  (asyndm/joint_attention.py);
 - the baselines' capabilities (attention recording, query blur, latent gradients) add hooks for one
   use: the model runs eagerly inside them (``eager_while``).
 
@@ -27,6 +32,21 @@ import torch
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 #: specialisations per code object before dynamo gives up on it (its default: 8)
 RECOMPILE_LIMIT = 64
+
+
+#: the oldest torch whose compiler API this path uses (``torch.compiler.set_stance``)
+MIN_TORCH = (2, 6)
+
+
+def compile_problem(backend_cls) -> str | None:
+    """Why ``sample.compile=true`` cannot run for this family and torch, or None: checked before the
+    weights load."""
+    if not hasattr(torch.compiler, "set_stance"):
+        return (f"sample.compile=true needs torch >= {'.'.join(map(str, MIN_TORCH))} (this is {torch.__version__}): "
+                f"upgrade torch, or set sample.compile=false")
+    if not backend_cls.has_compiled_path():
+        return f"sample.compile=true: the {backend_cls.family} family has no compiled path; set sample.compile=false"
+    return None
 
 
 def compile_regions(modules, mode: str | None = None) -> int:

@@ -38,30 +38,39 @@ class JointAttentionStore:
     ``weights`` (L_text, n_items): how much each text token counts for each item. ``rows``: the batch
     rows whose maps count, None between calls. ``text_length``: the text tokens in a single-stream
     block's sequence (set by the backend per call).
+
+    ``columns`` (compiled blocks, asyndm/compilation.py): the weights get zero columns up to a multiple
+    of it, so the capture traced inside the blocks has one shape for prompts of 1 to ``columns`` items;
+    the extra maps are dropped in ``item_maps``, after the call. Each block's maps are only recorded
+    during the call (a running sum would differ between the first captured block and the others).
     """
 
-    def __init__(self, weights: torch.Tensor):
+    def __init__(self, weights: torch.Tensor, columns: int | None = None):
+        self.items = weights.shape[1]
+        if columns:
+            weights = F.pad(weights, (0, -(-self.items // columns) * columns - self.items))
         self.weights = weights
         self.rows: slice | None = None
         self.text_length = 0
-        self._sum: torch.Tensor | None = None
-        self._blocks = 0
+        self._recorded: list[torch.Tensor] = []
 
     @property
     def enabled(self) -> bool:
         return self.rows is not None
 
     def reset(self) -> None:
-        self._sum, self._blocks = None, 0
+        self._recorded = []
 
     def add(self, item_maps: torch.Tensor) -> None:
-        self._sum = item_maps if self._sum is None else self._sum + item_maps
-        self._blocks += 1
+        self._recorded.append(item_maps)
 
     def item_maps(self) -> torch.Tensor:
-        if self._sum is None:
+        if not self._recorded:
             raise RuntimeError("no joint attention was captured in the last transformer call")
-        return self._sum / self._blocks
+        total = self._recorded[0]
+        for item_maps in self._recorded[1:]:  # in call order, as they were summed when captured
+            total = total + item_maps
+        return (total / len(self._recorded))[:, : self.items]
 
 
 def item_probabilities(query: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, text_start: int) -> torch.Tensor:
@@ -182,8 +191,8 @@ class CapturingJointProcessor:
         self.query_keys = query_keys
         self.recorded = recorded
 
-    # eager inside compiled blocks: stores, items and recording change per prompt and variant
-    @torch.compiler.disable
+    # traced inside compiled blocks (asyndm/compilation.py): a store of padded weights, recomputed
+    # queries and keys (no recording), so every prompt and variant runs the same graph
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  image_rotary_emb=None, **kwargs):
         rotary = {} if image_rotary_emb is None else {"image_rotary_emb": image_rotary_emb}

@@ -24,6 +24,7 @@ from diffusers.utils import BaseOutput
 
 from .backends.base import Backend, ItemTokens
 from .call_checks import check_call, python_error
+from .compilation import compile_problem
 from .capabilities import check_variants
 from .callbacks import StepInfo
 from .errors import AsyndmError, ConfigError, ModelError, PromptError
@@ -331,6 +332,8 @@ class AsyncPipeline:
                    height=height, width=width, true_cfg_scale=true_cfg_scale, item_tokens=item_tokens,
                    oracle_masks=oracle_masks, precision=_precision(self.dtype))
         self._check_capabilities(names)
+        if compile and (problem := compile_problem(type(self.backend))):
+            raise python_error(ConfigError(problem))
         specs = self._specs(prompts, items, k, legacy_item_idx, names)
         if output_type not in OUTPUT_TYPES:
             raise AsyndmError(f"output_type={output_type!r}: choose one of {', '.join(map(repr, OUTPUT_TYPES))}")

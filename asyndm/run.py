@@ -26,6 +26,7 @@ from .callbacks import TimestepTrace
 from .errors import ConfigError, PromptError
 from .history import invocation
 from .capabilities import check_variants
+from .compilation import compile_problem
 from .models import backend_options, load_backend, resolve_device, resolve_dtype
 from .sources import backend_class, model_source
 from .oracle import load_oracle
@@ -90,6 +91,8 @@ def sample_run(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
     # then every prompt's items.
     backend_cls = backend_class(source)
     check_variants(cfg.variants, backend_cls)  # what each variant's rule needs of the family
+    if cfg.sample.get("compile") and (problem := compile_problem(backend_cls)):
+        raise ConfigError(problem)
     try:  # the image size and mask grid, and the family's own settings (model.num_frames ...), from the configs
         backend_cls.check_sizes(source, cfg.sample.get("height"), cfg.sample.get("width"), cfg.mask.resolution)
         backend_cls.check_options(source, backend_options(cfg.model))

@@ -132,9 +132,10 @@ class DistinctTimesteps:
 class _Modulation:
     """One AdaLN's per-token modulation in one call: a (rows, chunks, D) table, gathered on demand."""
 
-    def __init__(self, table: torch.Tensor, chunks: int, token_rows: torch.Tensor):
+    def __init__(self, table: torch.Tensor, chunks: int, token_rows: torch.Tensor, fused: bool = False):
         self.table = table.view(table.shape[0], chunks, -1)
         self.token_rows = token_rows  # (B, L)
+        self.fused = fused
 
     def chunk(self, index: int, plus_one: bool = False) -> torch.Tensor:
         """(B, L, D) chunk ``index`` of every token's row; ``plus_one``: 1 + the chunk (a scale), added
@@ -143,7 +144,7 @@ class _Modulation:
         return _gather(1 + column if plus_one else column, self.token_rows)
 
     def vector(self, index: int) -> "TokenVector":
-        return TokenVector(self.table[:, index], self.token_rows)
+        return TokenVector(self.table[:, index], self.token_rows, self.fused)
 
 
 def _gather(column: torch.Tensor, token_rows: torch.Tensor) -> torch.Tensor:
@@ -159,9 +160,10 @@ class TokenVector:
     (the same sums as the model's). Nothing else is supported: it raises, naming the expression.
     """
 
-    def __init__(self, column: torch.Tensor, token_rows: torch.Tensor):
+    def __init__(self, column: torch.Tensor, token_rows: torch.Tensor, fused: bool = False):
         self.column = column  # (rows, D)
         self.token_rows = token_rows  # (B, L)
+        self.fused = fused  # compiled blocks: v[:, None] is the gathered tensor itself
 
     def unsqueeze(self, dim: int) -> torch.Tensor:
         if dim != 1:
@@ -169,11 +171,11 @@ class TokenVector:
                                       f"the blocks' gate.unsqueeze(1)")
         return _gather(self.column, self.token_rows)
 
-    def __getitem__(self, index) -> "_Broadcast":
+    def __getitem__(self, index):
         if index != (slice(None), None):
             raise NotImplementedError(f"a per-token AdaLN vector was indexed with {index!r}; asyndm supports the "
                                       f"blocks' v[:, None]")
-        return _Broadcast(self)
+        return _gather(self.column, self.token_rows) if self.fused else _Broadcast(self)
 
     def __getattr__(self, name):
         raise NotImplementedError(f"the block used .{name} of an AdaLN output that asyndm makes per token; "
@@ -240,16 +242,44 @@ class TokenTimesteps:
                 raise NotImplementedError("feed-forward chunking is on (enable_forward_chunking): turn it off")
         if not isinstance(transformer.norm_out, AdaLayerNormContinuous):
             raise NotImplementedError(f"final norm {type(transformer.norm_out).__name__} is not AdaLayerNormContinuous")
+        self._switch: _TokenSwitch | None = None  # installed wrappers (``install``), for compiled blocks
+
+    def install(self) -> None:
+        """Install the per-token wrappers for good, switched on only inside ``active``.
+
+        For compiled blocks (asyndm/compilation.py): wrappers assigned and removed on every call would
+        change what the compiler traced, and recompile each call. Installed wrappers read the call's
+        ``TokenRows`` from one switch: a block compiles a plain graph and a per-token one, whose only
+        dynamic size is the number of embedding rows (distinct timesteps vary per call and sample).
+        Outside ``active`` they call the module's own forward.
+        """
+        if self._switch is not None:
+            return
+        switch = _TokenSwitch()
+        self._wrap_switched(self.embedder, self._embed, switch)
+        for block in self.blocks:
+            norm = _image_norm(block)
+            self._wrap_switched(norm, self._adaln(norm, _kind(norm), fused=True), switch)
+        self._wrap_switched(self.transformer.norm_out, self._final, switch)
+        self._switch = switch
 
     @contextmanager
     def active(self, rows: TokenRows):
         """Within the block, calls made with the extended timestep vector of ``rows`` are per token."""
+        if self._switch is not None:  # installed (compiled): switched on for the call
+            self._switch.rows = rows
+            try:
+                yield
+            finally:
+                self._switch.rows = None
+            return
         patched: list = []  # (module, the forward it had as an attribute: an accelerate hook's, or None)
         try:
-            self._wrap(self.embedder, self._embed(self.embedder, rows), patched)
+            self._wrap(self.embedder, self._bind(self._embed, self.embedder, rows), patched)
             for block in self.blocks:
-                self._patch_block(block, rows, patched)
-            self._wrap(self.transformer.norm_out, self._final(self.transformer.norm_out, rows), patched)
+                norm = _image_norm(block)
+                self._wrap(norm, self._bind(self._adaln(norm, _kind(norm)), norm, rows), patched)
+            self._wrap(self.transformer.norm_out, self._bind(self._final, self.transformer.norm_out, rows), patched)
             yield
         finally:
             for module, before in reversed(patched):
@@ -266,29 +296,46 @@ class TokenTimesteps:
         module.forward = forward
 
     @staticmethod
-    def _embed(embedder, rows: TokenRows):
-        original = type(embedder).forward
-
-        def forward(timestep, *per_sample, **named):
-            # per-sample inputs (pooled text, Flux's guidance) repeated for every extended row
-            expand = lambda x: x.index_select(0, rows.sample_of_row) if torch.is_tensor(x) else x  # noqa: E731
-            temb = original(embedder, timestep, *map(expand, per_sample), **{k: expand(v) for k, v in named.items()})
-            rows.temb = temb
-            return temb[: rows.batch]  # the text stream's: a plain call's temb
-
-        return forward
-
-    def _patch_block(self, block, rows: TokenRows, patched: list) -> None:
-        norm = _image_norm(block)
-        self._wrap(norm, self._adaln(norm, _kind(norm), rows), patched)
+    def _bind(per_token, module, rows: TokenRows):
+        """A forward for one call: ``per_token(module, rows, ...)``."""
+        return lambda *args, **kwargs: per_token(module, rows, *args, **kwargs)
 
     @staticmethod
-    def _adaln(norm, kind: str, rows: TokenRows):
+    def _wrap_switched(module, per_token, switch: "_TokenSwitch") -> None:
+        """A forward for good: the module's own (an accelerate hook's wrapper, if any) while the switch
+        is off, ``per_token(module, rows, ...)`` while it holds a call's rows."""
+        plain = module.__dict__.get("forward") or type(module).forward.__get__(module)
+
+        def forward(*args, **kwargs):
+            rows = switch.rows
+            if rows is None:
+                return plain(*args, **kwargs)
+            return per_token(module, rows, *args, **kwargs)
+
+        module.forward = forward
+
+    @staticmethod
+    def _embed(embedder, rows: TokenRows, timestep, *per_sample, **named):
+        # per-sample inputs (pooled text, Flux's guidance) repeated for every extended row
+        expand = lambda x: x.index_select(0, rows.sample_of_row) if torch.is_tensor(x) else x  # noqa: E731
+        temb = type(embedder).forward(embedder, timestep, *map(expand, per_sample),
+                                      **{k: expand(v) for k, v in named.items()})
+        if not torch.compiler.is_compiling():
+            # the rows of distinct timesteps vary per call: one graph for all of them in compiled blocks
+            torch._dynamo.maybe_mark_dynamic(temb, 0)
+        rows.temb = temb
+        return temb[: rows.batch]  # the text stream's: a plain call's temb
+
+    @staticmethod
+    def _adaln(norm, kind: str, fused: bool = False):
+        """The per-token forward of an image-stream AdaLN. ``fused`` (compiled blocks): ``v[:, None]``
+        gathers at once (the same values), as the compiler cannot trace a tensor combined with a
+        ``_Broadcast``; it fuses the gather into the multiply-add."""
         chunks = _CHUNKS[kind]
 
-        def forward(x, *args, emb=None, **kwargs):
+        def forward(norm, rows: TokenRows, x, *args, emb=None, **kwargs):
             table = norm.linear(norm.silu(rows.temb))  # (rows, chunks·D): the distinct timesteps only
-            modulation = _Modulation(table, chunks, rows.sequence_rows(x.shape[1]))
+            modulation = _Modulation(table, chunks, rows.sequence_rows(x.shape[1]), fused)
             normed = norm.norm(x)
             out = normed * modulation.chunk(1, plus_one=True) + modulation.chunk(0)
             if kind == "single":
@@ -302,11 +349,14 @@ class TokenTimesteps:
         return forward
 
     @staticmethod
-    def _final(norm, rows: TokenRows):
-        def forward(x, conditioning_embedding):
-            table = norm.linear(norm.silu(rows.temb).to(x.dtype))
-            modulation = _Modulation(table, 2, rows.sequence_rows(x.shape[1]))
-            return norm.norm(x) * modulation.chunk(0, plus_one=True) + modulation.chunk(1)
+    def _final(norm, rows: TokenRows, x, conditioning_embedding):
+        table = norm.linear(norm.silu(rows.temb).to(x.dtype))
+        modulation = _Modulation(table, 2, rows.sequence_rows(x.shape[1]))
+        return norm.norm(x) * modulation.chunk(0, plus_one=True) + modulation.chunk(1)
 
-        return forward
 
+class _TokenSwitch:
+    """What the installed wrappers read: the call's ``TokenRows`` during a per-token call, else None."""
+
+    def __init__(self):
+        self.rows: TokenRows | None = None

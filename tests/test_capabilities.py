@@ -173,3 +173,44 @@ def test_a_plugin_variant_and_backend_take_part_without_edits():
         VARIANTS._added.pop("needs_mine_test")
     with pytest.raises(ValueError, match="must be a tuple of capability names"):
         Variant("bad_needs", "sync", "", needs="attention_probabilities")
+
+
+def test_compile_is_refused_before_any_weights_load_for_a_family_without_a_compiled_path(tmp_path, monkeypatch):
+    """Wan has no compile regions: sample.compile=true is refused in one line before loading, and the
+    families with regions pass the same check."""
+    import diffusers
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    assert {family for family, cls in capabilities.families().items() if cls.has_compiled_path()} == \
+        {"sd", "sdxl", "sd3", "flux"}
+    monkeypatch.setattr(asyndm.run, "load_backend", never)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", never)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "model=tiny_wan", f"prompt={PROMPT}", "items=[cat,sandwich]", "k=[0.7,0.5]", "variants=[dm,asyndm]",
+            "sample.compile=true", "progress=false", "eval=[]"])
+    with pytest.raises(ConfigError, match=r"^sample.compile=true: the wan family has no compiled path; "
+                                          r"set sample.compile=false$"):
+        asyndm.run.sample_run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_compile_is_refused_in_python_terms_before_sampling(pipes, monkeypatch):
+    pipe = pipes("wan")
+    monkeypatch.setattr(pipe.backend, "encode", lambda *a, **k: pytest.fail("the model was called"))
+    with pytest.raises(AsyndmError, match=r"^compile=true: the wan family has no compiled path; set compile=false$"):
+        pipe(PROMPT, items=ITEMS, k=K, num_inference_steps=2, num_images_per_prompt=1, compile=True)
+    assert pipe.backend.compiled is None
+
+
+def test_compile_names_the_torch_it_needs(monkeypatch):
+    from asyndm.compilation import compile_problem
+
+    assert compile_problem(StableDiffusionBackend) is None
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    assert compile_problem(StableDiffusionBackend) == (
+        f"sample.compile=true needs torch >= 2.6 (this is {torch.__version__}): upgrade torch, or set "
+        f"sample.compile=false")

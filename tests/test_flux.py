@@ -160,9 +160,11 @@ def _capture_case(backend, monkeypatch, block, single: bool):
         query, key = (x.transpose(1, 2) for x in seen[0])  # the model's own, (B, heads, text + image, d)
         probs = torch.softmax(query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5, dim=-1)
         expected = (probs[:, :, text_len:, :text_len] @ weights).mean(dim=1).transpose(1, 2)
-        # the block's own queries and keys, recorded (the backend's way), and recomputed (the fallback)
-        for recorded in (backend.recorded_attention(), None):
-            store = JointAttentionStore(weights)
+        # the block's own queries and keys, recorded (the backend's way), recomputed (the fallback), and
+        # recomputed with the weights padded to 8 items (compiled blocks: one shape for every prompt)
+        for recorded, columns in ((backend.recorded_attention(), None), (None, None), (None, 8)):
+            store = JointAttentionStore(weights, columns)
+            assert store.weights.shape == (text_len, columns or 2)
             store.text_length = text_len
             with capture_joint_attention([block.attn], store, flux_query_keys, recorded):
                 store.rows = slice(0, 2)

@@ -397,3 +397,28 @@ def test_states_above_tau0_are_seen_as_sigma_one(request, name):
     raw_t = unclamped.model_timesteps(states, tokens)
     assert (raw_t[above] > pure_noise).all()
     assert (ours - oracle(backend, latents, text, raw_t, text_t)).abs().max() > 100 * ATOL
+
+
+@pytest.mark.parametrize("path", ["tiny_sd3_path", "tiny_flux_path"])
+@torch.no_grad()
+def test_installed_wrappers_equal_the_oracle_and_leave_plain_calls_alone(request, path):
+    """The compiled path's wrappers, installed for good and switched per call (``TokenTimesteps.install``):
+    a per-token predict equals the oracle and, bit for bit, the per-call wrappers' output (their
+    ``v[:, None]`` gathers first and adds after: the same sums); a plain call stays diffusers' plain call."""
+    from asyndm.models import load_backend
+
+    # a copy of its own: installing changes the model for good
+    backend = load_backend(str(request.getfixturevalue(path)), torch.device("cpu"), torch.float32)
+    latents, text = _inputs(backend, seed=5)
+    values = torch.tensor([[955.0, 640.25, 301.5, 42.0], [870.5, 512.0, 233.0, 118.75]])
+    states = _random_map(values, backend.map_shape(latents), seed=6)
+    t = torch.tensor([912.0, 87.5])
+    per_call = backend.predict(latents, states, text, uniform=False, sync_state=777.0)
+    plain_before = plain(backend, latents, text, t)
+
+    backend.token_timesteps.install()
+    installed = backend.predict(latents, states, text, uniform=False, sync_state=777.0)
+    assert torch.equal(installed, per_call)
+    assert torch.equal(plain(backend, latents, text, t), plain_before)  # switched off outside the call
+    expected = oracle(backend, latents, text, backend.model_timesteps(states), _text_timesteps(backend, 777.0, states))
+    torch.testing.assert_close(installed, expected, rtol=RTOL, atol=ATOL)

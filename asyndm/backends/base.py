@@ -276,6 +276,11 @@ class Backend(ABC):
 
     # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
 
+    @classmethod
+    def has_compiled_path(cls) -> bool:
+        """Whether the family names compile regions (``sample.compile=true`` is refused before loading otherwise)."""
+        return cls.compile_regions is not Backend.compile_regions
+
     def compile_regions(self) -> list:
         """The modules ``sample.compile=true`` compiles in place. A family without a compiled path raises."""
         raise NotImplementedError(f"the {self.family} backend has no compiled path: set sample.compile=false")

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import deque
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sources
-from ..compilation import eager
 from ..errors import PromptError
 from ..generators import noise_generator
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
@@ -42,11 +40,16 @@ from .base import Backend, ItemAttention, ItemTokens, place
 
 
 class JointItemAttention(ItemAttention):
-    """Capturing processors on the attention of the chosen blocks; item maps on the token grid."""
+    """Capturing processors on the attention of the chosen blocks; item maps on the token grid.
+
+    ``columns``: compiled blocks capture with weights padded to that many items (asyndm/joint_attention.py)."""
+
+    #: item columns of a compiled capture: one graph for prompts of up to this many items
+    COMPILED_COLUMNS = 8
 
     def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int,
-                 recorded=None):
-        store = JointAttentionStore(weights)
+                 recorded=None, columns: int | None = None):
+        store = JointAttentionStore(weights, columns)
         store.text_length = text_length
         super().__init__(grid, store, capture_joint_attention(layers, store, query_keys, recorded))
 
@@ -202,8 +205,7 @@ class FlowTransformerBackend(Backend):
                 return self._forward(latents, self.model_timesteps(states)[:, 0, 0].repeat(repeats), text)
             text_timesteps = self.shift.model_timesteps(self._text_states(states, sync_state), tokens).repeat(repeats)
             extended, rows = self._distinct(states).rows(text_timesteps, repeats)
-            # compiled: per-token calls run eagerly (their AdaLN wrappers are installed per call)
-            with self.token_timesteps.active(rows), eager() if self.compiled else nullcontext():
+            with self.token_timesteps.active(rows):
                 return self._forward(latents, extended, text)
         finally:
             if attention is not None:
@@ -220,13 +222,16 @@ class FlowTransformerBackend(Backend):
 
     def compile_regions(self) -> list:
         """The transformer's repeated blocks (diffusers' ``_repeated_blocks`` where the class names them,
-        else its ``transformer_blocks`` and ``single_transformer_blocks``). Plain calls (dm, dm_concave,
-        the baselines) run compiled; per-token calls (asyndm) run eagerly for now."""
+        else its ``transformer_blocks`` and ``single_transformer_blocks``), for plain calls (dm, dm_concave,
+        the baselines) and per-token ones (asyndm) alike."""
         transformer = self.transformer
         names = set(getattr(transformer, "_repeated_blocks", None) or ())
         if names:
             return [m for m in transformer.modules() if type(m).__name__ in names]
         return [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
+
+    def prepare_compile(self) -> None:
+        self.token_timesteps.install()  # per-token wrappers for good, switched per call (asyndm/token_timesteps.py)
 
     # --------------------------------------------------------------- masks
 
@@ -292,6 +297,9 @@ class FlowTransformerBackend(Backend):
         if bad or not chosen:
             raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
         weights = self.item_weights(tokens).to(self.device)
+        if self.compiled:  # traced in the blocks: queries and keys recomputed, one weight shape for all prompts
+            return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
+                                      self.text_length, None, JointItemAttention.COMPILED_COLUMNS)
         return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
                                   self.text_length, self.recorded_attention())
 
