@@ -175,16 +175,25 @@ def test_a_plugin_variant_and_backend_take_part_without_edits():
         Variant("bad_needs", "sync", "", needs="attention_probabilities")
 
 
-def test_compile_is_refused_before_any_weights_load_for_a_family_without_a_compiled_path(tmp_path, monkeypatch):
-    """Wan has no compile regions: sample.compile=true is refused in one line before loading, and the
-    families with regions pass the same check."""
+@pytest.fixture
+def wan_without_regions(monkeypatch):
+    """Wan as a family without compile regions (as a plugin's family may be): the Backend default."""
+    from asyndm.backends.wan import WanBackend
+
+    monkeypatch.setattr(WanBackend, "compile_regions", Backend.compile_regions)
+
+
+def test_every_shipped_family_has_a_compiled_path():
+    assert {family for family, cls in capabilities.families().items() if cls.has_compiled_path()} == set(FAMILIES)
+
+
+def test_compile_is_refused_before_any_weights_load_for_a_family_without_a_compiled_path(tmp_path, monkeypatch,
+                                                                                         wan_without_regions):
     import diffusers
 
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    assert {family for family, cls in capabilities.families().items() if cls.has_compiled_path()} == \
-        {"sd", "sdxl", "sd3", "flux"}
     monkeypatch.setattr(asyndm.run, "load_backend", never)
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", never)
     register_resolvers()
@@ -198,7 +207,7 @@ def test_compile_is_refused_before_any_weights_load_for_a_family_without_a_compi
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_compile_is_refused_in_python_terms_before_sampling(pipes, monkeypatch):
+def test_compile_is_refused_in_python_terms_before_sampling(pipes, monkeypatch, wan_without_regions):
     pipe = pipes("wan")
     monkeypatch.setattr(pipe.backend, "encode", lambda *a, **k: pytest.fail("the model was called"))
     with pytest.raises(AsyndmError, match=r"^compile=true: the wan family has no compiled path; set compile=false$"):

@@ -4,16 +4,16 @@ compiles during its first batch only.
 One tiny SD model is compiled here, its own copy (compiling changes the model in place). The run
 covers what makes graphs recompile: steps, prompts with 1, 2 and 3 items (other token counts),
 dynamic masks that change every step, mask=static, and dm, dm_concave and asyndm sharing the model.
-The tiny SD3 and Flux models are compiled the same way (per-token calls, whose number of distinct
-timesteps changes every call), and checked to run their per-token calls compiled.
+The tiny SD3, Flux and Wan models are compiled the same way (per-token calls; SD3's and Flux's
+number of distinct timesteps changes every call), and checked to run their per-token calls compiled.
 """
 
-import cProfile
 import inspect
-import pstats
+import sys
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from asyndm.compilation import compile_count
 from asyndm.models import load_backend
@@ -28,8 +28,8 @@ BATCHES = [(mask, prompt) for mask in ("dynamic", "static") for prompt in PROMPT
 VARIANTS = ["dm", "dm_concave", "asyndm"]
 
 
-def _sample(backend, mask, prompt, compiled):
-    settings = SamplingSettings(steps=7, mask_mode=mask, height=64, width=64, compile=compiled)
+def _sample(backend, mask, prompt, compiled, size=(64, 64)):
+    settings = SamplingSettings(steps=7, mask_mode=mask, height=size[0], width=size[1], compile=compiled)
     sampler = AsyncSampler(backend, settings)
     text, items = prompt
     tokens = backend.item_tokens(text, items, None, "word")
@@ -77,49 +77,76 @@ def test_masks_are_captured_under_compile(runs):
         assert len(result["masks"].unique()) > 1  # items and background: the capture saw the prompt
 
 
-def _python_calls(code, run) -> int:
-    """How often ``code`` ran as Python during ``run()``: a compiled region's code runs only while traced."""
-    profile = cProfile.Profile()
-    profile.runcall(run)
-    stats = pstats.Stats(profile).stats
-    return sum(calls for (file, line, name), (_, calls, *_) in stats.items()
-               if (file, line, name) == (code.co_filename, code.co_firstlineno, code.co_name))
+def _python_calls(codes, run) -> dict:
+    """How often each code object ran as itself during ``run()``. A compiled frame runs dynamo's
+    transformed copy of the code (another code object), and inlined calls run in the graph, so the
+    original code runs only eagerly: where dynamo gave a frame up, or the model was not compiled."""
+    counts = dict.fromkeys(codes, 0)
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in counts:
+            counts[frame.f_code] += 1
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return {f"{code.co_name}@{code.co_firstlineno}": calls for code, calls in counts.items()}
 
 
 #: the per-token forward of an image-stream AdaLN, run inside the compiled blocks
 ADALN_CODE = next(c for c in TokenTimesteps._adaln.__code__.co_consts if inspect.iscode(c) and c.co_name == "forward")
+#: the transformer families: the model folder, how it loads (Wan: 5 frames, 2 latent frames) and the image size
+TRANSFORMERS = {
+    "sd3": ("tiny_sd3_path", {}, (64, 64)),
+    "flux": ("tiny_flux_path", {}, (64, 64)),
+    "wan": (None, {"num_frames": 5}, (64, 96)),
+}
 
 
-@pytest.fixture(scope="module", params=["tiny_sd3_path", "tiny_flux_path"])
-def mmdit_runs(request):
-    """SD3 and Flux (per-token timesteps, asyndm/token_timesteps.py): eager latents of two prompts, then
-    compiled ones with the graphs counted after each, and how often the per-token AdaLN ran as Python."""
+@pytest.fixture(scope="module", params=list(TRANSFORMERS))
+def transformer_runs(request):
+    """SD3, Flux (per-token AdaLN, asyndm/token_timesteps.py) and Wan (the model's own per-token input):
+    eager latents of two prompts, then compiled ones with the graphs counted after each, and how often
+    the compiled code ran as Python (the blocks' forward; SD3/Flux: the per-token AdaLN too)."""
     torch._dynamo.reset()
-    backend = load_backend(str(request.getfixturevalue(request.param)), torch.device("cpu"), torch.float32)
+    folder, load, size = TRANSFORMERS[request.param]
+    if folder is None:
+        from asyndm.offline.wan import build_tiny_wan
+
+        path = build_tiny_wan()
+    else:
+        path = request.getfixturevalue(folder)
+    backend = load_backend(str(path), torch.device("cpu"), torch.float32, **load)
+    codes = {type(region).forward.__code__ for region in backend.compile_regions()}
+    if request.param != "wan":
+        codes.add(ADALN_CODE)
     prompts = PROMPTS[:2]
-    eager_python = _python_calls(ADALN_CODE, lambda: _sample(backend, "dynamic", prompts[0], False))
-    eager = [_sample(backend, "dynamic", prompt, False) for prompt in prompts]
+    eager_python = _python_calls(codes, lambda: _sample(backend, "dynamic", prompts[0], False, size))
+    eager = [_sample(backend, "dynamic", prompt, False, size) for prompt in prompts]
     before = compile_count()
-    compiled, counts = [_sample(backend, "dynamic", prompts[0], True)], [compile_count() - before]
+    compiled, counts = [_sample(backend, "dynamic", prompts[0], True, size)], [compile_count() - before]
     results = {}
-    compiled_python = _python_calls(ADALN_CODE, lambda: results.update(_sample(backend, "dynamic", prompts[1], True)))
+    compiled_python = _python_calls(codes, lambda: results.update(_sample(backend, "dynamic", prompts[1], True, size)))
     compiled.append(results)
     counts.append(compile_count() - before)
+    assert not counters["graph_break"], f"graph breaks: {dict(counters['graph_break'])}"
     return backend, eager, compiled, counts, eager_python, compiled_python
 
 
-def test_mmdit_per_token_calls_run_compiled(mmdit_runs):
-    """asyndm's per-token calls go through the compiled blocks: after the first batch, the per-token
-    AdaLN no longer runs as Python (eagerly it runs in every block of every per-token call)."""
-    _, _, _, _, eager_python, compiled_python = mmdit_runs
-    assert eager_python > 0
-    assert compiled_python == 0
+def test_transformer_per_token_calls_run_compiled(transformer_runs):
+    """asyndm's per-token calls go through the compiled blocks: after the first batch neither the blocks'
+    forward nor SD3's and Flux's per-token AdaLN runs as Python (eagerly they run in every call)."""
+    _, _, _, _, eager_python, compiled_python = transformer_runs
+    assert all(eager_python.values()), eager_python
+    assert not any(compiled_python.values()), compiled_python
 
 
-def test_mmdit_compiled_latents_equal_eager_with_no_recompiles(mmdit_runs):
+def test_transformer_compiled_latents_equal_eager_with_no_recompiles(transformer_runs):
     """dm, dm_concave and asyndm compiled within 1e-3 of eager; the second prompt (other items and
     tokens, other distinct timesteps per call) compiles nothing."""
-    backend, eager, compiled, counts, _, _ = mmdit_runs
+    backend, eager, compiled, counts, _, _ = transformer_runs
     assert backend.compiled == "default"
     for reference, result in zip(eager, compiled):
         for name in VARIANTS:
@@ -130,11 +157,13 @@ def test_mmdit_compiled_latents_equal_eager_with_no_recompiles(mmdit_runs):
 
 
 @torch.no_grad()
-def test_mmdit_compiled_per_token_call_equals_the_oracle(mmdit_runs):
-    """One compiled per-token call against the independent forward of tests/test_mmdit_oracle.py."""
+def test_mmdit_compiled_per_token_call_equals_the_oracle(transformer_runs):
+    """One compiled per-token call against the independent forward of tests/test_mmdit_oracle.py (SD3, Flux)."""
     from test_mmdit_oracle import _inputs, _random_map, _text_timesteps, oracle
 
-    backend = mmdit_runs[0]
+    backend = transformer_runs[0]
+    if backend.family == "wan":
+        pytest.skip("Wan's per-token input is the model's own: tests/test_wan.py checks it against its forward")
     latents, text = _inputs(backend, seed=7)
     values = torch.tensor([[955.0, 640.25, 301.5, 42.0], [870.5, 512.0, 233.0, 118.75]])
     states = _random_map(values, backend.map_shape(latents), seed=8)

@@ -38,7 +38,7 @@ from ..masks import frame_assignment
 from ..settings import MASK_TIMES
 from ..timeline import Timeline
 from .base import Backend, ItemAttention, ItemTokens
-from .mmdit import sentencepiece_positions
+from .mmdit import JointItemAttention, sentencepiece_positions
 from .sd3 import middle_blocks
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,16 @@ class WanBackend(Backend):
         delta = self.latent_map(self.sigmas(next_states) - self.sigmas(states))
         return (latents.float() + delta.to(output.dtype) * output).to(output.dtype)
 
+    # --------------------------------------------------------------- compiled path (asyndm/compilation.py)
+
+    def compile_regions(self) -> list:
+        """The transformer's blocks (diffusers' ``_repeated_blocks``). Per-token timesteps are the model's
+        own input, embedded before the blocks: a plain call and a per-token one give one graph each."""
+        names = set(getattr(self.transformer, "_repeated_blocks", None) or ())
+        if names:
+            return [m for m in self.transformer.modules() if type(m).__name__ in names]
+        return list(self.transformer.blocks)
+
     # --------------------------------------------------------------- masks
 
     @property
@@ -282,7 +292,9 @@ class WanBackend(Backend):
         bad = [b for b in chosen if not (isinstance(b, int) and 0 <= b < len(layers))]
         if bad or not chosen:
             raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
-        store = JointAttentionStore(self.item_weights(tokens).to(self.device))
+        # compiled blocks trace the capture: weights padded to one shape for every prompt (asyndm/compilation.py)
+        columns = JointItemAttention.COMPILED_COLUMNS if self.compiled else None
+        store = JointAttentionStore(self.item_weights(tokens).to(self.device), columns)
         return ItemAttention(self.map_shape(latents), store, capture_cross_attention([layers[b] for b in chosen], store))
 
     def item_masks(self, item_maps, item_k, threshold, grid, latent, time="frame"):
