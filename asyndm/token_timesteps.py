@@ -256,7 +256,7 @@ class TokenTimesteps:
         if self._switch is not None:
             return
         switch = _TokenSwitch()
-        self._wrap_switched(self.embedder, self._embed, switch)
+        self._wrap_switched(self.embedder, _dynamic_rows(self._embed), switch)
         for block in self.blocks:
             norm = _image_norm(block)
             self._wrap_switched(norm, self._adaln(norm, _kind(norm), fused=True), switch)
@@ -320,9 +320,6 @@ class TokenTimesteps:
         expand = lambda x: x.index_select(0, rows.sample_of_row) if torch.is_tensor(x) else x  # noqa: E731
         temb = type(embedder).forward(embedder, timestep, *map(expand, per_sample),
                                       **{k: expand(v) for k, v in named.items()})
-        if not torch.compiler.is_compiling():
-            # the rows of distinct timesteps vary per call: one graph for all of them in compiled blocks
-            torch._dynamo.maybe_mark_dynamic(temb, 0)
         rows.temb = temb
         return temb[: rows.batch]  # the text stream's: a plain call's temb
 
@@ -353,6 +350,19 @@ class TokenTimesteps:
         table = norm.linear(norm.silu(rows.temb).to(x.dtype))
         modulation = _Modulation(table, 2, rows.sequence_rows(x.shape[1]))
         return norm.norm(x) * modulation.chunk(0, plus_one=True) + modulation.chunk(1)
+
+
+def _dynamic_rows(embed):
+    """``embed``, then the table's rows marked dynamic: the distinct timesteps vary per call, and the
+    compiled blocks that read them serve every count with one graph."""
+
+    def per_token(embedder, rows: TokenRows, *args, **kwargs):
+        out = embed(embedder, rows, *args, **kwargs)
+        if not torch.compiler.is_compiling():  # the embedder runs before the compiled blocks, eagerly
+            torch._dynamo.maybe_mark_dynamic(rows.temb, 0)
+        return out
+
+    return per_token
 
 
 class _TokenSwitch:

@@ -157,16 +157,27 @@ def test_transformer_compiled_latents_equal_eager_with_no_recompiles(transformer
 
 
 @torch.no_grad()
-def test_mmdit_compiled_per_token_call_equals_the_oracle(transformer_runs):
-    """One compiled per-token call against the independent forward of tests/test_mmdit_oracle.py (SD3, Flux)."""
-    from test_mmdit_oracle import _inputs, _random_map, _text_timesteps, oracle
-
+def test_compiled_per_token_call_equals_an_independent_forward(transformer_runs):
+    """One compiled per-token call against the forwards written in the tests from the models' weights:
+    tests/test_mmdit_oracle.py's for SD3 and Flux, tests/test_wan.py's for Wan."""
     backend = transformer_runs[0]
     if backend.family == "wan":
-        pytest.skip("Wan's per-token input is the model's own: tests/test_wan.py checks it against its forward")
-    latents, text = _inputs(backend, seed=7)
-    values = torch.tensor([[955.0, 640.25, 301.5, 42.0], [870.5, 512.0, 233.0, 118.75]])
-    states = _random_map(values, backend.map_shape(latents), seed=8)
-    ours = backend.predict(latents, states, text, uniform=False, sync_state=777.0)
-    expected = oracle(backend, latents, text, backend.model_timesteps(states), _text_timesteps(backend, 777.0, states))
+        from test_wan import GRID, PROMPT, independent_forward
+
+        generator = torch.Generator().manual_seed(9)
+        latents = torch.randn(2, 16, 2, 8, 12, generator=generator)
+        states = torch.rand(2, *GRID, generator=generator) * 1000  # every token its own state
+        text = backend.encode(PROMPT, 2, "", False).positive
+        ours = backend.predict(latents, states, text, uniform=False)
+        expected = independent_forward(backend.transformer, latents, backend.model_timesteps(states).flatten(1),
+                                       text.tensors["encoder_hidden_states"])
+    else:
+        from test_mmdit_oracle import _inputs, _random_map, _text_timesteps, oracle
+
+        latents, text = _inputs(backend, seed=7)
+        values = torch.tensor([[955.0, 640.25, 301.5, 42.0], [870.5, 512.0, 233.0, 118.75]])
+        states = _random_map(values, backend.map_shape(latents), seed=8)
+        ours = backend.predict(latents, states, text, uniform=False, sync_state=777.0)
+        expected = oracle(backend, latents, text, backend.model_timesteps(states),
+                          _text_timesteps(backend, 777.0, states))
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4)
