@@ -97,9 +97,9 @@ def test_an_unsupported_pair_is_refused_before_sampling_in_python(pipes, monkeyp
         pipe(PROMPT, items=ITEMS, k=K, variants=["dm", variant], num_inference_steps=2, num_images_per_prompt=1)
 
 
-@pytest.mark.parametrize("family,variant", [pytest.param(*p, id="-".join(p)) for p in PAIRS if not supported(*p)])
-def test_an_unsupported_pair_is_refused_before_any_weights_load_on_the_command_line(tmp_path, monkeypatch,
-                                                                                    family, variant):
+def _unloadable_run_config(monkeypatch, *overrides):
+    """A composed run config (a cat and a sandwich, 2 steps, no evaluators) whose weights must not load:
+    loading them fails the test."""
     import diffusers
 
     def never(*args, **kwargs):
@@ -109,10 +109,15 @@ def test_an_unsupported_pair_is_refused_before_any_weights_load_on_the_command_l
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", never)
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            f"model={FAMILIES[family]}", f"prompt={PROMPT}", "items=[cat,sandwich]", "k=[0.7,0.5]",
-            f"variants=[dm,{variant}]", "sample.steps=2", "sample.images_per_prompt=1", "sample.batch_size=1",
-            "progress=false", "eval=[]"])
+        return compose(config_name="config", overrides=[
+            f"prompt={PROMPT}", "items=[cat,sandwich]", "k=[0.7,0.5]", "sample.steps=2", "sample.images_per_prompt=1",
+            "sample.batch_size=1", "progress=false", "eval=[]", *overrides])
+
+
+@pytest.mark.parametrize("family,variant", [pytest.param(*p, id="-".join(p)) for p in PAIRS if not supported(*p)])
+def test_an_unsupported_pair_is_refused_before_any_weights_load_on_the_command_line(tmp_path, monkeypatch,
+                                                                                    family, variant):
+    cfg = _unloadable_run_config(monkeypatch, f"model={FAMILIES[family]}", f"variants=[dm,{variant}]")
     with pytest.raises(ConfigError, match=_message(family, variant)):
         asyndm.run.sample_run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
@@ -189,18 +194,7 @@ def test_every_shipped_family_has_a_compiled_path():
 
 def test_compile_is_refused_before_any_weights_load_for_a_family_without_a_compiled_path(tmp_path, monkeypatch,
                                                                                          wan_without_regions):
-    import diffusers
-
-    def never(*args, **kwargs):
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(asyndm.run, "load_backend", never)
-    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", never)
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "model=tiny_wan", f"prompt={PROMPT}", "items=[cat,sandwich]", "k=[0.7,0.5]", "variants=[dm,asyndm]",
-            "sample.compile=true", "progress=false", "eval=[]"])
+    cfg = _unloadable_run_config(monkeypatch, "model=tiny_wan", "variants=[dm,asyndm]", "sample.compile=true")
     with pytest.raises(ConfigError, match=r"^sample.compile=true: the wan family has no compiled path; "
                                           r"set sample.compile=false$"):
         asyndm.run.sample_run(cfg, tmp_path / "run")
