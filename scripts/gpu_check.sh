@@ -53,4 +53,6 @@ part sd35m_call_cost "${cost[@]}" --model sd35m-shaped --batch-size 4
 part flux_call_cost "${cost[@]}" --model flux-shaped --batch-size 1
 # Wan 2.1 T2V 1.3B (docs/video.md): 480x832, 21 frames (6 latent frames, 9360 tokens), bf16
 part wan_bf16 "${bench[@]}" --model wan-shaped --precision bf16 --batch-size 1 --steps 10 --frames 21 --repeats 2
+part compile_wan_bf16 "${bench[@]}" --model wan-shaped --precision bf16 --batch-size 1 --steps 10 --frames 21 \
+    --repeats 2 --variants dm,asyndm --compile
 exit $status
