@@ -127,18 +127,35 @@ def transformer_runs(request):
     eager = [_sample(backend, "dynamic", prompt, False, size) for prompt in prompts]
     before = compile_count()
     compiled, counts = [_sample(backend, "dynamic", prompts[0], True, size)], [compile_count() - before]
-    results = {}
-    compiled_python = _python_calls(codes, lambda: results.update(_sample(backend, "dynamic", prompts[1], True, size)))
+    results, recorded = {}, []
+    backend.predict = _recording(backend.predict, recorded)  # a per-token call of the run, for the oracle test
+    try:
+        compiled_python = _python_calls(codes, lambda: results.update(_sample(backend, "dynamic", prompts[1], True,
+                                                                               size)))
+    finally:
+        del backend.predict
     compiled.append(results)
     counts.append(compile_count() - before)
     assert not counters["graph_break"], f"graph breaks: {dict(counters['graph_break'])}"
-    return backend, eager, compiled, counts, eager_python, compiled_python
+    return backend, eager, compiled, counts, eager_python, compiled_python, recorded[0]
+
+
+def _recording(predict, recorded: list):
+    """``predict``, keeping the inputs and output of the last per-token call with several distinct states
+    (a mask in place): the very call the compiled run made, with no new shape to compile."""
+    def wrapper(latents, states, text, uniform, *args, **kwargs):
+        out = predict(latents, states, text, uniform, *args, **kwargs)
+        if not uniform and len(states[0].unique()) > 1:
+            recorded[:] = [(latents, states, text, kwargs.get("sync_state"), out.clone())]
+        return out
+
+    return wrapper
 
 
 def test_transformer_per_token_calls_run_compiled(transformer_runs):
     """asyndm's per-token calls go through the compiled blocks: after the first batch neither the blocks'
     forward nor SD3's and Flux's per-token AdaLN runs as Python (eagerly they run in every call)."""
-    _, _, _, _, eager_python, compiled_python = transformer_runs
+    _, _, _, _, eager_python, compiled_python, _ = transformer_runs
     assert all(eager_python.values()), eager_python
     assert not any(compiled_python.values()), compiled_python
 
@@ -146,7 +163,7 @@ def test_transformer_per_token_calls_run_compiled(transformer_runs):
 def test_transformer_compiled_latents_equal_eager_with_no_recompiles(transformer_runs):
     """dm, dm_concave and asyndm compiled within 1e-3 of eager; the second prompt (other items and
     tokens, other distinct timesteps per call) compiles nothing."""
-    backend, eager, compiled, counts, _, _ = transformer_runs
+    backend, eager, compiled, counts, _, _, _ = transformer_runs
     assert backend.compiled == "default"
     for reference, result in zip(eager, compiled):
         for name in VARIANTS:
@@ -158,26 +175,19 @@ def test_transformer_compiled_latents_equal_eager_with_no_recompiles(transformer
 
 @torch.no_grad()
 def test_compiled_per_token_call_equals_an_independent_forward(transformer_runs):
-    """One compiled per-token call against the forwards written in the tests from the models' weights:
-    tests/test_mmdit_oracle.py's for SD3 and Flux, tests/test_wan.py's for Wan."""
-    backend = transformer_runs[0]
+    """A compiled per-token call of the run (masks in place) against the forwards written in the tests
+    from the models' weights: tests/test_mmdit_oracle.py's for SD3 and Flux, tests/test_wan.py's for Wan."""
+    backend, *_, (latents, states, text, sync_state, ours) = transformer_runs
+    repeats = backend.repeats(latents, states)  # [negative; positive] rows read the same map
+    image_t = backend.model_timesteps(states).repeat(repeats, 1, 1)
     if backend.family == "wan":
-        from test_wan import GRID, PROMPT, independent_forward
+        from test_wan import independent_forward
 
-        generator = torch.Generator().manual_seed(9)
-        latents = torch.randn(2, 16, 2, 8, 12, generator=generator)
-        states = torch.rand(2, *GRID, generator=generator) * 1000  # every token its own state
-        text = backend.encode(PROMPT, 2, "", False).positive
-        ours = backend.predict(latents, states, text, uniform=False)
-        expected = independent_forward(backend.transformer, latents, backend.model_timesteps(states).flatten(1),
+        expected = independent_forward(backend.transformer, latents, image_t.flatten(1),
                                        text.tensors["encoder_hidden_states"])
     else:
-        from test_mmdit_oracle import _inputs, _random_map, _text_timesteps, oracle
+        from test_mmdit_oracle import _text_timesteps, oracle
 
-        latents, text = _inputs(backend, seed=7)
-        values = torch.tensor([[955.0, 640.25, 301.5, 42.0], [870.5, 512.0, 233.0, 118.75]])
-        states = _random_map(values, backend.map_shape(latents), seed=8)
-        ours = backend.predict(latents, states, text, uniform=False, sync_state=777.0)
-        expected = oracle(backend, latents, text, backend.model_timesteps(states),
-                          _text_timesteps(backend, 777.0, states))
+        text_t = _text_timesteps(backend, float(sync_state), states).repeat(repeats)
+        expected = oracle(backend, latents, text, image_t, text_t)
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4)
