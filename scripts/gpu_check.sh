@@ -33,7 +33,8 @@ part tiny_fp16 "${bench[@]}" --model tiny --precision fp16 --batch-size 4 --step
 part sd21_fp16_channels_last "${bench[@]}" --model sd21-shaped --precision fp16 --batch-size 8 --steps 50 \
     --repeats 2 --channels-last
 # SD3.5 and FLUX.1 (docs/mmdit.md)
-part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py tests/test_wan.py -p no:cacheprovider -rA
+part pytest_gpu_mmdit "$py" -m pytest -q -m gpu tests/test_gpu_mmdit.py tests/test_wan.py tests/test_compilation.py \
+    -p no:cacheprovider -rA
 part sd35m_bf16 "${bench[@]}" --model sd35m-shaped --precision bf16 --batch-size 4 --steps 28 --repeats 3 --profile
 part flux_bf16 "${bench[@]}" --model flux-shaped --precision bf16 --batch-size 1 --steps 28 --repeats 3 --profile
 # sample.compile=true (docs/performance.md, "Compiled"): eager and compiled diffusers and asyndm side by
