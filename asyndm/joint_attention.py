@@ -27,6 +27,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+#: item columns of a capture traced in compiled blocks: one shape for prompts of up to this many items
+COMPILED_ITEM_COLUMNS = 8
+
 # Largest (rows × heads × queries × keys) a capture handles at once, should SDPA fall back to its
 # materialising math kernel: heads are taken in groups that stay below it.
 _MAX_SCORES = 2**28

@@ -259,7 +259,7 @@ class TokenTimesteps:
         self._wrap_switched(self.embedder, _dynamic_rows(self._embed), switch)
         for block in self.blocks:
             norm = _image_norm(block)
-            self._wrap_switched(norm, self._adaln(norm, _kind(norm), fused=True), switch)
+            self._wrap_switched(norm, self._adaln(_kind(norm), fused=True), switch)
         self._wrap_switched(self.transformer.norm_out, self._final, switch)
         self._switch = switch
 
@@ -278,7 +278,7 @@ class TokenTimesteps:
             self._wrap(self.embedder, self._bind(self._embed, self.embedder, rows), patched)
             for block in self.blocks:
                 norm = _image_norm(block)
-                self._wrap(norm, self._bind(self._adaln(norm, _kind(norm)), norm, rows), patched)
+                self._wrap(norm, self._bind(self._adaln(_kind(norm)), norm, rows), patched)
             self._wrap(self.transformer.norm_out, self._bind(self._final, self.transformer.norm_out, rows), patched)
             yield
         finally:
@@ -324,7 +324,7 @@ class TokenTimesteps:
         return temb[: rows.batch]  # the text stream's: a plain call's temb
 
     @staticmethod
-    def _adaln(norm, kind: str, fused: bool = False):
+    def _adaln(kind: str, fused: bool = False):
         """The per-token forward of an image-stream AdaLN. ``fused`` (compiled blocks): ``v[:, None]``
         gathers at once (the same values), as the compiler cannot trace a tensor combined with a
         ``_Broadcast``; it fuses the gather into the multiply-add."""

@@ -80,6 +80,13 @@ class ItemAttention(AbstractContextManager):
         return self.store.item_maps()
 
 
+def repeated_blocks(model) -> list:
+    """The modules of the classes diffusers names in ``model._repeated_blocks`` (the units its regional
+    compilation compiles), in module order; empty where the class names none."""
+    names = set(getattr(model, "_repeated_blocks", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
 def offloaded(pipe) -> bool:
     """Whether accelerate's offloading hooks drive the pipeline's modules (``enable_model_cpu_offload``,
     ``enable_sequential_cpu_offload``): they move each module to the device when it runs."""

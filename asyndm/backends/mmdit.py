@@ -29,23 +29,20 @@ from .. import sources
 from ..errors import PromptError
 from ..generators import noise_generator
 from ..flow import FlowShift, check_scheduler, euler_step, flow_timeline
-from ..joint_attention import JointAttentionStore, capture_joint_attention
+from ..joint_attention import COMPILED_ITEM_COLUMNS, JointAttentionStore, capture_joint_attention
 from ..token_timesteps import DistinctTimesteps, TokenTimesteps
 from ..tokens import item_token_positions
 from ..conditioning import TextConditioning
 from ..guidance import Prediction
 from ..settings import TEXT_TIMESTEPS
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens, place
+from .base import Backend, ItemAttention, ItemTokens, place, repeated_blocks
 
 
 class JointItemAttention(ItemAttention):
     """Capturing processors on the attention of the chosen blocks; item maps on the token grid.
 
     ``columns``: compiled blocks capture with weights padded to that many items (asyndm/joint_attention.py)."""
-
-    #: item columns of a compiled capture: one graph for prompts of up to this many items
-    COMPILED_COLUMNS = 8
 
     def __init__(self, layers: list, weights: torch.Tensor, grid: tuple[int, int], query_keys, text_length: int,
                  recorded=None, columns: int | None = None):
@@ -225,10 +222,8 @@ class FlowTransformerBackend(Backend):
         else its ``transformer_blocks`` and ``single_transformer_blocks``), for plain calls (dm, dm_concave,
         the baselines) and per-token ones (asyndm) alike."""
         transformer = self.transformer
-        names = set(getattr(transformer, "_repeated_blocks", None) or ())
-        if names:
-            return [m for m in transformer.modules() if type(m).__name__ in names]
-        return [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
+        return repeated_blocks(transformer) or [*transformer.transformer_blocks,
+                                                *getattr(transformer, "single_transformer_blocks", [])]
 
     def prepare_compile(self) -> None:
         self.token_timesteps.install()  # per-token wrappers for good, switched per call (asyndm/token_timesteps.py)
@@ -299,7 +294,7 @@ class FlowTransformerBackend(Backend):
         weights = self.item_weights(tokens).to(self.device)
         if self.compiled:  # traced in the blocks: queries and keys recomputed, one weight shape for all prompts
             return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
-                                      self.text_length, None, JointItemAttention.COMPILED_COLUMNS)
+                                      self.text_length, None, COMPILED_ITEM_COLUMNS)
         return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
                                   self.text_length, self.recorded_attention())
 

@@ -33,12 +33,12 @@ from ..cross_attention_maps import capture_cross_attention
 from ..errors import ModelError, PromptError
 from ..flow import FlowShift, check_scheduler, flow_timeline, scheduler_timesteps
 from ..guidance import Prediction
-from ..joint_attention import JointAttentionStore
+from ..joint_attention import COMPILED_ITEM_COLUMNS, JointAttentionStore
 from ..masks import frame_assignment
 from ..settings import MASK_TIMES
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens
-from .mmdit import JointItemAttention, sentencepiece_positions
+from .base import Backend, ItemAttention, ItemTokens, repeated_blocks
+from .mmdit import sentencepiece_positions
 from .sd3 import middle_blocks
 
 log = logging.getLogger(__name__)
@@ -259,10 +259,7 @@ class WanBackend(Backend):
     def compile_regions(self) -> list:
         """The transformer's blocks (diffusers' ``_repeated_blocks``). Per-token timesteps are the model's
         own input, embedded before the blocks: a plain call and a per-token one give one graph each."""
-        names = set(getattr(self.transformer, "_repeated_blocks", None) or ())
-        if names:
-            return [m for m in self.transformer.modules() if type(m).__name__ in names]
-        return list(self.transformer.blocks)
+        return repeated_blocks(self.transformer) or list(self.transformer.blocks)
 
     # --------------------------------------------------------------- masks
 
@@ -293,7 +290,7 @@ class WanBackend(Backend):
         if bad or not chosen:
             raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
         # compiled blocks trace the capture: weights padded to one shape for every prompt (asyndm/compilation.py)
-        columns = JointItemAttention.COMPILED_COLUMNS if self.compiled else None
+        columns = COMPILED_ITEM_COLUMNS if self.compiled else None
         store = JointAttentionStore(self.item_weights(tokens).to(self.device), columns)
         return ItemAttention(self.map_shape(latents), store, capture_cross_attention([layers[b] for b in chosen], store))
 
