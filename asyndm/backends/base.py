@@ -87,6 +87,16 @@ def repeated_blocks(model) -> list:
     return [module for module in model.modules() if type(module).__name__ in names]
 
 
+def chosen_layers(layers: list, blocks, default: list[int]) -> list:
+    """The layers of the blocks ``mask.blocks`` names (``default`` when unset), refused in one line when an
+    index lies outside ``layers``."""
+    chosen = list(blocks) if blocks is not None else default
+    bad = [b for b in chosen if not (isinstance(b, int) and 0 <= b < len(layers))]
+    if bad or not chosen:
+        raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
+    return [layers[b] for b in chosen]
+
+
 def offloaded(pipe) -> bool:
     """Whether accelerate's offloading hooks drive the pipeline's modules (``enable_model_cpu_offload``,
     ``enable_sequential_cpu_offload``): they move each module to the device when it runs."""

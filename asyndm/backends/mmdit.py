@@ -36,7 +36,7 @@ from ..conditioning import TextConditioning
 from ..guidance import Prediction
 from ..settings import TEXT_TIMESTEPS
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens, place, repeated_blocks
+from .base import Backend, ItemAttention, ItemTokens, chosen_layers, place, repeated_blocks
 
 
 class JointItemAttention(ItemAttention):
@@ -286,17 +286,13 @@ class FlowTransformerBackend(Backend):
         if resolution is not None and resolution != grid[0]:
             raise ValueError(f"mask.resolution={resolution}: masks of this model come from its {grid[0]}x{grid[1]} "
                              f"image-token grid; leave mask.resolution unset (null)")
-        layers = self.joint_attention_layers
-        chosen = list(blocks) if blocks is not None else self.default_mask_blocks()
-        bad = [b for b in chosen if not (isinstance(b, int) and 0 <= b < len(layers))]
-        if bad or not chosen:
-            raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
+        layers = chosen_layers(self.joint_attention_layers, blocks, self.default_mask_blocks())
         weights = self.item_weights(tokens).to(self.device)
-        if self.compiled:  # traced in the blocks: queries and keys recomputed, one weight shape for all prompts
-            return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
-                                      self.text_length, None, COMPILED_ITEM_COLUMNS)
-        return JointItemAttention([layers[b] for b in chosen], weights, grid, type(self).query_keys,
-                                  self.text_length, self.recorded_attention())
+        # compiled: traced in the blocks, queries and keys recomputed, one weight shape for all prompts
+        compiled = self.compiled is not None
+        return JointItemAttention(layers, weights, grid, type(self).query_keys, self.text_length,
+                                  None if compiled else self.recorded_attention(),
+                                  COMPILED_ITEM_COLUMNS if compiled else None)
 
     # --------------------------------------------------------------- decoding
 

@@ -37,7 +37,7 @@ from ..joint_attention import COMPILED_ITEM_COLUMNS, JointAttentionStore
 from ..masks import frame_assignment
 from ..settings import MASK_TIMES
 from ..timeline import Timeline
-from .base import Backend, ItemAttention, ItemTokens, repeated_blocks
+from .base import Backend, ItemAttention, ItemTokens, chosen_layers, repeated_blocks
 from .mmdit import sentencepiece_positions
 from .sd3 import middle_blocks
 
@@ -284,15 +284,11 @@ class WanBackend(Backend):
             raise ValueError(f"mask.resolution={resolution}: Wan's masks come from its token grid (each frame "
                              f"{latents.shape[-2] // self.patch[1]}x{latents.shape[-1] // self.patch[2]}); "
                              f"leave mask.resolution unset (null)")
-        layers = self.cross_attention_layers
-        chosen = list(blocks) if blocks is not None else self.default_mask_blocks()
-        bad = [b for b in chosen if not (isinstance(b, int) and 0 <= b < len(layers))]
-        if bad or not chosen:
-            raise ValueError(f"mask.blocks={chosen}: choose block indices from 0 to {len(layers) - 1}")
+        layers = chosen_layers(self.cross_attention_layers, blocks, self.default_mask_blocks())
         # compiled blocks trace the capture: weights padded to one shape for every prompt (asyndm/compilation.py)
         columns = COMPILED_ITEM_COLUMNS if self.compiled else None
         store = JointAttentionStore(self.item_weights(tokens).to(self.device), columns)
-        return ItemAttention(self.map_shape(latents), store, capture_cross_attention([layers[b] for b in chosen], store))
+        return ItemAttention(self.map_shape(latents), store, capture_cross_attention(layers, store))
 
     def item_masks(self, item_maps, item_k, threshold, grid, latent, time="frame"):
         """§6 per frame (``mask.time=frame``) or on the union of an item's frames (``union``)."""
